@@ -1,0 +1,102 @@
+"""Presets (how much compute a run gets) and attack profiles (the frozen threat model).
+
+A preset fixes epochs, batch size, the training PGD budget and how many queries the attacks
+use; it is recorded with every result. A profile fixes ε, α and the attack's PGD steps; its id
+and version go into every result row, so a change to a profile is a new version, never an edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import BenchmarkError
+from .registry import PRESETS
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How much work one matrix cell gets."""
+
+    name: str
+    epochs: int
+    batch_pairs: int  # SPC-2 batch: 2 * batch_pairs images
+    # Training-time PGD steps are the defense's own count divided by this; the step size is
+    # multiplied by it so the total travel (steps * alpha) of the adversary stays the same.
+    train_pgd_divisor: int
+    attack_queries: int | None  # queries (or candidates) each attack perturbs; None = whole test split
+    attack_batch: int  # queries perturbed together in one PGD batch
+    max_train_images: int | None = None  # cap on the training split (smoke runs)
+    description: str = ""
+    # Per-dataset epoch counts where one number does not fit all (RobRank: 8 for Fashion, 75 for CUB).
+    epochs_by_dataset: tuple[tuple[str, int], ...] = ()
+
+    def epochs_for(self, dataset: str) -> int:
+        return dict(self.epochs_by_dataset).get(dataset, self.epochs)
+
+    def train_pgd_steps(self, defense_steps: int) -> int:
+        if defense_steps <= 0:
+            return 0
+        return max(1, defense_steps // self.train_pgd_divisor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_queries=64,
+               attack_batch=64, max_train_images=512,
+               description="seconds per cell; for tests and a first look, numbers not meaningful")
+QUICK = Preset("quick", epochs=12, batch_pairs=64, train_pgd_divisor=4, attack_queries=256,
+               attack_batch=128,
+               description="minutes per cell on 2 CPU cores; the default")
+PAPER = Preset("paper", epochs=8, batch_pairs=128, train_pgd_divisor=1, attack_queries=None,
+               attack_batch=128,
+               description="the published protocol (REFERENCE §5): full PGD budgets, every test query")
+
+for _preset in (SMOKE, QUICK, PAPER):
+    PRESETS.add(_preset.name, _preset, description=_preset.description)
+
+
+def get_preset(name: str) -> Preset:
+    return PRESETS.get(name).obj
+
+
+@dataclass(frozen=True)
+class AttackProfile:
+    """Frozen, versioned attack budget (REFERENCE §1.3)."""
+
+    name: str
+    version: int
+    epsilon: float
+    alpha: float
+    steps: int
+    # Adversarial-training budget used with this profile (REFERENCE §4.0).
+    train_epsilon: float
+    train_alpha: float
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, AttackProfile] = {
+    "rob28": AttackProfile("rob28", 1, 77 / 255, 3 / 255, 32, 77 / 255, 3 / 255,
+                           "28x28 inputs: eps 77/255, alpha 3/255, 32 steps"),
+    "rob224": AttackProfile("rob224", 1, 8 / 255, 3 / 255, 32, 8 / 255, 1 / 255,
+                            "224x224 inputs: eps 8/255, alpha 3/255, 32 steps"),
+}
+
+
+def get_profile(name: str) -> AttackProfile:
+    try:
+        return PROFILES[name.strip().lower()]
+    except KeyError:
+        raise BenchmarkError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}, auto") from None
+
+
+def profile_for_input(input_size: int) -> AttackProfile:
+    """The ``auto`` profile: rob28 for small inputs, rob224 for ImageNet-sized ones."""
+    return PROFILES["rob28" if input_size <= 64 else "rob224"]

@@ -1,0 +1,64 @@
+"""The results-store row schema: the contract between the matrix runner, the store and reports.
+
+Tidy long format (SPEC §7): one row per (entry, attack, metric). An *entry* is one trained model:
+(dataset, model, defense, defense parameters, seed, preset, profile). Rows of one matrix cell
+share ``cell_id`` (the config hash) and every run-key, timing and provenance column.
+
+``attack`` groups the metric:
+* ``"benign"``: metric in R@1, R@2, mAP, mAP@R, mAP@10, NMI (test split) and ``train:R@1``.
+* an attack's registry name (``"ca+"``, ``"es"``, ...): metric is the reported key (``"CA+"``,
+  ``"ES:D"``, ``"ES:R"``); ``variant`` is ``"adversarial"`` (after the attack) or ``"clean"``
+  (the same measurement with the same selections on clean inputs: ARS's "before").
+* ``"score"``: metric in ERS, ARS (averaged), ``ARS:<key>`` per attack, WHM.
+Fractions are stored as fractions (benign metrics in [0, 1]); attack values in the units of
+``attacks`` (percent for ranks and recalls, cosine for TMA, L2 for ES:D); scores 0–100 (WHM in
+[0, 1] like R@1).
+
+Per-step training telemetry lives beside the rows in a second table (TELEMETRY_COLUMNS).
+"""
+
+from __future__ import annotations
+
+RUN_KEY_COLUMNS = [
+    "dataset", "model", "defense", "defense_params",  # defense_params: JSON, sorted keys
+    "seed", "preset", "profile", "profile_version",
+]
+ROW_COLUMNS = ["attack", "metric", "variant", "value"]
+CELL_COLUMNS = [
+    "cell_id",  # config hash of the cell: the key that decides skip vs recompute
+    "entry",  # display name: defense plus non-default parameters
+    "is_plugin", "plugin_source", "plugin_hash",
+    "attack_plugin",  # True for rows of a plugin attack: shown as extra columns, never in ERS/ARS
+    "epsilon", "alpha", "attack_steps",  # attack profile numbers
+    "train_pgd_steps",  # PGD steps per training batch actually run
+    "epochs", "batch_pairs", "attack_queries", "attention_lambda",
+    "collapsed",
+    "train_seconds", "seconds_per_epoch", "attack_seconds", "queries_per_second", "eval_seconds",
+]
+PROVENANCE_COLUMNS = [
+    "package_version", "git_commit", "torch_version", "faiss_version", "device_name",
+    "config_hash", "created_at",
+]
+ALL_COLUMNS = RUN_KEY_COLUMNS + ROW_COLUMNS + CELL_COLUMNS + PROVENANCE_COLUMNS
+
+COLUMN_TYPES = {
+    "dataset": "string", "model": "string", "defense": "string", "defense_params": "string",
+    "seed": "int64", "preset": "string", "profile": "string", "profile_version": "int64",
+    "attack": "string", "metric": "string", "variant": "string", "value": "float64",
+    "cell_id": "string", "entry": "string", "is_plugin": "bool", "plugin_source": "string",
+    "plugin_hash": "string", "attack_plugin": "bool",
+    "epsilon": "float64", "alpha": "float64", "attack_steps": "int64", "train_pgd_steps": "int64",
+    "epochs": "int64", "batch_pairs": "int64", "attack_queries": "int64", "attention_lambda": "float64",
+    "collapsed": "bool", "train_seconds": "float64", "seconds_per_epoch": "float64",
+    "attack_seconds": "float64", "queries_per_second": "float64", "eval_seconds": "float64",
+    "package_version": "string", "git_commit": "string", "torch_version": "string",
+    "faiss_version": "string", "device_name": "string", "config_hash": "string",
+    "created_at": "datetime64[ns, UTC]",
+}
+
+TELEMETRY_COLUMNS = [
+    "cell_id", "dataset", "defense", "entry", "seed", "preset", "step", "epoch",
+    "loss", "collapseness", "hardness", "separability", "mean_distance", "embedding_shift",
+]
+
+BENIGN_METRICS = ["R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1"]

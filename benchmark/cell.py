@@ -1,0 +1,374 @@
+"""One matrix cell: (dataset, defense + parameters, seed) under a preset and a profile.
+
+Data flows one way: config → train (defense) → embed the clean gallery once → attacks → rows.
+The cell's config hash names its checkpoint and its results file, so an existing cell is reused
+and a changed setting is a new cell, never an overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .datasets import DatasetBundle, load_dataset
+from .defense import Defense, defense_pgd_steps
+from .errors import BenchmarkError
+from .evaluation import embed_split
+from .models import build_model
+from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
+from .registry import DEFENSES, MODELS, import_builtins
+from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET
+from .trainer import TrainHistory, device_name, resolve_device, seed_everything, train_model
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything that decides a cell's numbers (and a few things that do not, like paths)."""
+
+    dataset: str
+    defense: str
+    seed: int = 0
+    preset: str = "quick"
+    profile: str = "auto"  # auto | rob28 | rob224
+    model: str | None = None  # None: the dataset's default model
+    defense_params: tuple[tuple[str, str], ...] = ()
+    attention_lambda: float | None = None  # None: per-dataset default
+    attacks: tuple[str, ...] | None = None  # None: the whole built-in suite
+    # Not part of the hash:
+    data_root: str | None = None
+    weights: str | None = None
+    device: str | None = None
+
+    def with_params(self, params: dict[str, Any]) -> CellConfig:
+        return CellConfig(**{**asdict(self), "defense_params": tuple(sorted((k, str(v)) for k, v in params.items()))})
+
+
+@dataclass
+class ResolvedCell:
+    """A CellConfig with names canonicalised, defaults filled in and the dataset loaded."""
+
+    config: CellConfig
+    bundle: DatasetBundle
+    model_name: str
+    defense_name: str
+    defense: Defense
+    preset: Preset
+    profile: AttackProfile
+    attention_lambda: float
+    attack_names: tuple[str, ...]
+    device: torch.device
+    plugin_source: str | None = None
+    plugin_hash: str | None = None
+    cell_id: str = field(default="")
+    train_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        self.train_id = config_hash(self.train_payload())
+        self.cell_id = config_hash(self.hash_payload())
+
+    def train_payload(self) -> dict[str, Any]:
+        """What decides the trained weights: the checkpoint is keyed by its hash."""
+        return {
+            "dataset": self.bundle.name, "model": self.model_name, "defense": self.defense_name,
+            "defense_params": self.defense.params(), "seed": self.config.seed,
+            "preset": self.preset.to_dict(), "train_epsilon": self.profile.train_epsilon,
+            "train_alpha": self.profile.train_alpha, "attention_lambda": self.attention_lambda,
+            "plugin_hash": self.plugin_hash, "weights": bool(self.config.weights),
+        }
+
+    def hash_payload(self) -> dict[str, Any]:
+        """What decides the cell's rows: training plus the attack profile and suite."""
+        return {**self.train_payload(), "profile": self.profile.to_dict(), "attacks": list(self.attack_names)}
+
+    @property
+    def defense_params_json(self) -> str:
+        return json.dumps(self.defense.params(), sort_keys=True, default=str)
+
+    @property
+    def entry(self) -> str:
+        """Defense name plus the parameters that differ from its defaults."""
+        defaults = type(self.defense)().params()
+        changed = {k: v for k, v in self.defense.params().items() if defaults.get(k) != v}
+        if not changed:
+            return self.defense_name
+        return f"{self.defense_name}(" + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
+
+    def checkpoint_path(self, results_dir: Path) -> Path:
+        return Path(results_dir) / "checkpoints" / self.bundle.name / f"{self.defense_name}-s{self.config.seed}-{self.train_id[:16]}.pt"
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> ResolvedCell:
+    """Validate names and numbers, load the dataset and fill every default."""
+    import_builtins()
+    if config.seed < 0:
+        raise BenchmarkError(f"seed must be a non-negative integer, got {config.seed}")
+    preset = get_preset(config.preset)
+    if bundle is None:
+        bundle = load_dataset(config.dataset, data_root=config.data_root)
+    model_name = MODELS.canonical(config.model or bundle.default_model)
+    defense_entry = DEFENSES.get(config.defense)
+    defense = defense_entry.obj.from_params(dict(config.defense_params))
+    profile = profile_for_input(bundle.input_size) if config.profile in ("auto", "", None) else get_profile(config.profile)
+    lam = config.attention_lambda
+    if lam is None:
+        lam = LAMBDA_BY_DATASET.get(bundle.name, DEFAULT_LAMBDA_28)
+    attack_names = tuple(config.attacks) if config.attacks else default_attack_names()
+    from .registry import ATTACKS
+
+    attack_names = tuple(ATTACKS.canonical(a) for a in attack_names)
+    return ResolvedCell(config, bundle, model_name, defense_entry.name, defense, preset, profile, float(lam),
+                        attack_names, resolve_device(config.device),
+                        plugin_source=defense_entry.source if defense_entry.is_plugin else None,
+                        plugin_hash=defense_entry.source_hash)
+
+
+def default_attack_names() -> tuple[str, ...]:
+    """The built-in ERS suite, in ERS order."""
+    return ("ca+", "ca-", "qa+", "qa-", "tma", "es", "ltm", "gtm", "gtt")
+
+
+def make_model(cell: ResolvedCell) -> torch.nn.Module:
+    kwargs: dict[str, Any] = {}
+    if cell.model_name == "resnet18" and cell.config.weights:
+        kwargs["weights"] = cell.config.weights
+    if cell.model_name == "c2f2" and cell.bundle.in_channels != 1:
+        kwargs["in_channels"] = cell.bundle.in_channels
+    return build_model(cell.model_name, **kwargs)
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module
+    history: TrainHistory
+    loaded: bool  # True when read from an existing checkpoint
+
+
+def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = True,
+                  retrain: bool = False) -> TrainedModel:
+    """Train the cell's model, or load its checkpoint when one exists (weights_only=True)."""
+    path = cell.checkpoint_path(results_dir)
+    if path.exists() and not retrain:
+        loaded = load_checkpoint(cell, path)
+        if loaded is not None:
+            return loaded
+    seed_everything(cell.config.seed)
+    model = make_model(cell)
+    history = train_model(model, cell.bundle, cell.defense, cell.preset, cell.profile, seed=cell.config.seed,
+                          device=cell.device, attention_lambda=cell.attention_lambda,
+                          model_name=cell.model_name, progress=progress)
+    save_checkpoint(cell, model, history, path)
+    return TrainedModel(model, history, loaded=False)
+
+
+def save_checkpoint(cell: ResolvedCell, model: torch.nn.Module, history: TrainHistory, path: Path) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "train_id": cell.train_id,
+        "config": json.dumps(cell.train_payload(), sort_keys=True, default=str),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "telemetry": history.telemetry,
+        "epoch_seconds": history.epoch_seconds,
+        "train_seconds": history.train_seconds,
+        "pgd_steps": history.pgd_steps,
+        "steps": history.steps,
+    }
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(cell: ResolvedCell, path: Path) -> TrainedModel | None:
+    """Load a checkpoint; ``None`` when it is corrupt or belongs to another config."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("train_id") != cell.train_id:
+            return None
+        model = make_model(cell)
+        model.load_state_dict(payload["state_dict"])
+    except Exception:  # a truncated or foreign file: retrain rather than fail
+        return None
+    model.to(cell.device).eval()
+    history = TrainHistory(telemetry=list(payload["telemetry"]), epoch_seconds=list(payload["epoch_seconds"]),
+                           train_seconds=float(payload["train_seconds"]), pgd_steps=int(payload["pgd_steps"]),
+                           steps=int(payload["steps"]))
+    return TrainedModel(model, history, loaded=True)
+
+
+def benign_metrics(cell: ResolvedCell, model: torch.nn.Module, test_embeddings: torch.Tensor) -> dict[str, float]:
+    """R@1, R@2, mAP, mAP@R, mAP@10, NMI on the test split and R@1 on the train split."""
+    from .metrics import retrieval_metrics
+
+    metrics = retrieval_metrics(test_embeddings, cell.bundle.test.labels.to(test_embeddings.device),
+                                nmi_clusters=cell.bundle.num_test_classes, seed=cell.config.seed)
+    train = cell.bundle.train
+    if len(train) > 10000:  # R@1 on a seeded 10k subset keeps WHM cheap on SOP-sized splits
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cell.config.seed))[:10000]
+        train = train.subset(keep.sort().values)
+    train_embeddings = embed_split(model, train, device=cell.device)
+    train_metrics = retrieval_metrics(train_embeddings, train.labels.to(train_embeddings.device), ks=(1,), nmi=False)
+    metrics["train:R@1"] = train_metrics["R@1"]
+    return metrics
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    try:
+        import faiss
+
+        faiss_version = faiss.__version__
+    except Exception:
+        faiss_version = "unavailable"
+    return {
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "faiss_version": faiss_version,
+        "device_name": device_name(device),
+        "created_at": datetime.now(timezone.utc),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def pgd_steps_of(defense: Defense) -> int:
+    return defense_pgd_steps(defense)
+
+
+@dataclass
+class CellOutput:
+    """A finished cell: its tidy rows (schema.ALL_COLUMNS) and its per-step telemetry."""
+
+    rows: Any  # pandas.DataFrame
+    telemetry: Any  # pandas.DataFrame
+    cell: ResolvedCell
+    trained: TrainedModel
+
+
+def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True) -> CellOutput:
+    """Embed the clean gallery once, score benign retrieval, run the whole attack suite, build rows."""
+    import pandas as pd
+
+    from attacks.runner import run_attacks, select_queries
+
+    from .registry import ATTACKS
+    from .schema import ALL_COLUMNS, COLUMN_TYPES
+    from .scores import ARS_KEYS, ERS_KEYS, ars, ars_mean, ers, whm
+
+    eval_start = time.perf_counter()
+    model = trained.model.to(cell.device).eval()
+    gallery_embeddings = embed_split(model, cell.bundle.test, device=cell.device)
+    benign = benign_metrics(cell, model, gallery_embeddings)
+
+    from attacks.base import Gallery
+
+    from .pgd import PGDConfig
+
+    gallery = Gallery(gallery_embeddings, cell.bundle.test.labels.to(cell.device))
+    attack_objs = [ATTACKS.create(name) for name in cell.attack_names]
+    query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+    pgd_config = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
+    report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, pgd_config,
+                         query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
+                         device=cell.device, progress=progress)
+    eval_seconds = time.perf_counter() - eval_start
+
+    base = {
+        "dataset": cell.bundle.name, "model": cell.model_name, "defense": cell.defense_name,
+        "defense_params": cell.defense_params_json, "seed": cell.config.seed, "preset": cell.preset.name,
+        "profile": cell.profile.name, "profile_version": cell.profile.version,
+        "cell_id": cell.cell_id, "entry": cell.entry, "is_plugin": cell.plugin_source is not None,
+        "plugin_source": cell.plugin_source or "", "plugin_hash": cell.plugin_hash or "",
+        "attack_plugin": False,
+        "epsilon": cell.profile.epsilon, "alpha": cell.profile.alpha, "attack_steps": cell.profile.steps,
+        "train_pgd_steps": trained.history.pgd_steps, "epochs": cell.preset.epochs_for(cell.bundle.name),
+        "batch_pairs": cell.preset.batch_pairs, "attack_queries": int(len(query_index)),
+        "attention_lambda": cell.attention_lambda, "collapsed": trained.history.collapsed,
+        "train_seconds": trained.history.train_seconds, "seconds_per_epoch": trained.history.seconds_per_epoch,
+        "attack_seconds": 0.0, "queries_per_second": 0.0, "eval_seconds": eval_seconds,
+        "config_hash": cell.cell_id,
+        **provenance(cell.device),
+    }
+    rows: list[dict[str, Any]] = []
+
+    def add(attack: str, metric: str, value: float, variant: str = "", **extra: Any) -> None:
+        rows.append({**base, "attack": attack, "metric": metric, "variant": variant, "value": float(value), **extra})
+
+    for key in ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1"):
+        add("benign", key, benign[key])
+    after, before = {}, {}
+    for attack in attack_objs:
+        name = attack.registry_name
+        seconds = report.seconds[name]
+        qps = len(query_index) / seconds if seconds > 0 else 0.0
+        plugin = ATTACKS.get(name).is_plugin
+        for key in attack.metrics:
+            extra = {"attack_seconds": seconds, "queries_per_second": qps, "attack_plugin": plugin}
+            add(name, key, report.after[key], "adversarial", **extra)
+            add(name, key, report.before[key], "clean", **extra)
+            if not plugin:
+                after[key], before[key] = report.after[key], report.before[key]
+    if all(k in after for k in ERS_KEYS):
+        add("score", "ERS", ers(after))
+    if all(k in after for k in ARS_KEYS):
+        for key, value in ars(before, after).items():
+            add("score", f"ARS:{key}", value)
+        add("score", "ARS", ars_mean(before, after))
+    add("score", "WHM", whm(benign["train:R@1"], benign["R@1"]))
+
+    frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
+    frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    telemetry = pd.DataFrame(trained.history.telemetry)
+    for key, value in (("cell_id", cell.cell_id), ("dataset", cell.bundle.name), ("defense", cell.defense_name),
+                       ("entry", cell.entry), ("seed", cell.config.seed), ("preset", cell.preset.name)):
+        telemetry[key] = value
+    return CellOutput(frame, telemetry, cell, trained)
+
+
+def run_cell(config: CellConfig, results_dir: Path, *, progress: bool = True,
+             bundle: DatasetBundle | None = None) -> CellOutput:
+    """Train (or load) and evaluate one cell. Writing the rows is the store's job."""
+    cell = resolve(config, bundle=bundle)
+    trained = train_or_load(cell, Path(results_dir), progress=progress)
+    return evaluate_cell(cell, trained, progress=progress)

@@ -1,0 +1,226 @@
+"""The ``rrb`` command line.
+
+Every error a user can cause is a BenchmarkError: printed as one line, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import BenchmarkError
+
+DEFAULT_RESULTS = "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2) like our own errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BenchmarkError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    return [_positive_int(t) for t in _csv(text)]
+
+
+def _common(p: argparse.ArgumentParser, *, results: bool = True) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load a plugin file that registers defenses or attacks (repeatable)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files (see README)")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if results:
+        p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
+
+
+def _cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="dataset name (rrb list datasets); default digits")
+    p.add_argument("--defense", default="nt", help="defense name (rrb list defenses); default nt")
+    p.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a defense hyper-parameter (repeatable)")
+    p.add_argument("--preset", default="quick", help="smoke, quick (default) or paper")
+    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--profile", default="auto", help="auto (default), rob28 or rob224")
+    p.add_argument("--model", default=None, help="model name (default: the dataset's)")
+    p.add_argument("--weights", default=None, help="ImageNet weights for resnet18: a local .pth file or 'imagenet'")
+    p.add_argument("--attention-lambda", type=float, default=None, help="λ of collapseness (default per dataset)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rrb", description="Adversarial robustness benchmark for image retrieval")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", help="list datasets, models, attacks, defenses or presets")
+    p.add_argument("kind", choices=["datasets", "models", "attacks", "defenses", "presets", "profiles"])
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern on names")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    p = sub.add_parser("train", help="train one model and print its benign retrieval metrics")
+    _cell_args(p)
+    _common(p)
+    p.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
+
+    p = sub.add_parser("attack", help="run the attack suite on a trained cell; print raw values, ERS and ARS")
+    _cell_args(p)
+    _common(p)
+    p.add_argument("--attacks", type=_csv, default=None, metavar="A,B,...",
+                   help="attacks to run (default: the whole ERS suite; rrb list attacks)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BenchmarkError as exc:
+        print(f"rrb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rrb: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _load_plugins(paths: list[str]) -> None:
+    from .registry import import_builtins, load_plugin_file
+
+    import_builtins()
+    for path in paths:
+        load_plugin_file(path)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import REGISTRIES
+
+    _load_plugins(args.plugin)
+    if args.kind == "profiles":
+        from .presets import PROFILES
+
+        for profile in PROFILES.values():
+            print(f"{profile.name:<12} v{profile.version}  {profile.description}")
+        return 0
+    entries = REGISTRIES[args.kind].entries(args.pattern)
+    width = max((len(e.name) for e in entries), default=8) + 2
+    for entry in entries:
+        aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        origin = "" if not entry.is_plugin else f" [{entry.source}]"
+        print(f"{entry.name:<{width}}{entry.description}{aliases}{origin}")
+    return 0
+
+
+def _cell_config(args: argparse.Namespace, **overrides):
+    from .cell import CellConfig
+    from .defense import parse_params
+
+    params = tuple(sorted(parse_params(args.defense_param).items()))
+    values = dict(dataset=args.dataset, defense=args.defense, seed=args.seed, preset=args.preset,
+                  profile=args.profile, model=args.model, defense_params=params,
+                  attention_lambda=args.attention_lambda, data_root=args.data_root, weights=args.weights,
+                  device=args.device)
+    values.update(overrides)
+    return CellConfig(**values)
+
+
+def _check_results_dir(path: str, *, create: bool = True) -> Path:
+    results = Path(path)
+    if results.exists() and not results.is_dir():
+        raise BenchmarkError(f"results path {str(results)!r} is not a directory")
+    if create:
+        try:
+            results.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchmarkError(f"cannot create results directory {str(results)!r}: {exc.strerror}") from None
+        if not os.access(results, os.W_OK):
+            raise BenchmarkError(f"results directory {str(results)!r} is not writable")
+    return results
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cell import benign_metrics, resolve, train_or_load
+    from .evaluation import embed_split
+
+    _load_plugins(args.plugin)
+    cell = resolve(_cell_config(args))
+    results = _check_results_dir(args.results)
+    print(f"train {cell.entry} on {cell.bundle.name} ({len(cell.bundle.train)} train / {len(cell.bundle.test)} test "
+          f"images), model {cell.model_name}, preset {cell.preset.name}, seed {cell.config.seed}, "
+          f"device {cell.device}", file=sys.stderr)
+    trained = train_or_load(cell, results, progress=not args.quiet, retrain=args.retrain)
+    gallery = embed_split(trained.model, cell.bundle.test, device=cell.device)
+    metrics = benign_metrics(cell, trained.model, gallery)
+    h = trained.history
+    status = "loaded checkpoint" if trained.loaded else "trained"
+    print(f"{status}: {cell.checkpoint_path(results)}")
+    print(f"train seconds: {h.train_seconds:.1f} ({h.seconds_per_epoch:.2f} s/epoch, {h.steps} steps, "
+          f"{h.pgd_steps} PGD steps/batch)  collapsed: {h.collapsed}")
+    print("test  " + "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")))
+    print(f"train R@1={_fmt(metrics['train:R@1'])}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .cell import evaluate_cell, load_checkpoint, resolve
+    from .scores import ARS_KEYS, ERS_KEYS
+
+    _load_plugins(args.plugin)
+    cell = resolve(_cell_config(args, attacks=tuple(args.attacks) if args.attacks else None))
+    results = _check_results_dir(args.results, create=False)
+    path = cell.checkpoint_path(results)
+    trained = load_checkpoint(cell, path) if path.exists() else None
+    if trained is None:
+        command = ["rrb train", f"--dataset {cell.bundle.name}", f"--defense {cell.defense_name}",
+                   f"--preset {cell.preset.name}", f"--seed {cell.config.seed}"]
+        command += [f"--defense-param {k}={v}" for k, v in cell.config.defense_params]
+        if cell.config.data_root:
+            command.append(f"--data-root {cell.config.data_root}")
+        if args.results != DEFAULT_RESULTS:
+            command.append(f"--results {args.results}")
+        raise BenchmarkError(f"no trained model for this cell at {path}; train it first: {' '.join(command)}")
+    print(f"attack {cell.entry} on {cell.bundle.name}: profile {cell.profile.id} (eps {cell.profile.epsilon:.4f}, "
+          f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {cell.preset.name}", file=sys.stderr)
+    out = evaluate_cell(cell, trained, progress=not args.quiet)
+    rows = out.rows
+    adversarial = rows[rows["variant"] == "adversarial"]
+    clean = rows[rows["variant"] == "clean"].set_index("metric")["value"]
+    print(f"{'attack':<8}{'metric':<8}{'clean':>10}{'attacked':>10}{'seconds':>10}")
+    for _, row in adversarial.iterrows():
+        print(f"{row['attack']:<8}{row['metric']:<8}{clean[row['metric']]:>10.3f}{row['value']:>10.3f}"
+              f"{row['attack_seconds']:>10.1f}")
+    scores = rows[rows["attack"] == "score"].set_index("metric")["value"]
+    benign = rows[rows["attack"] == "benign"].set_index("metric")["value"]
+    print(f"R@1={benign['R@1']:.4f}  " + "  ".join(f"{k}={scores[k]:.1f}" for k in ("ERS", "ARS") if k in scores))
+    if "ERS" not in scores:
+        print(f"(ERS needs all of {', '.join(ERS_KEYS)}; ARS needs {', '.join(ARS_KEYS)})")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "attack": cmd_attack}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""The matrix runner (SPEC §9): datasets × defenses × seeds as independent cells, and their executors.
+
+``run_matrix`` builds one :class:`~benchmark.cell.CellConfig` per cell, skips the cells whose
+results file is already valid, and hands the rest to an executor. Every executor calls the same
+function, :func:`run_and_store_cell`: claim the cell's lock, run it, write its file, release.
+
+* ``executor="local"`` runs the cells one after another in this process, with an overall
+  progress bar over cells and the cell's own bars (training, attacks) inside it.
+* ``executor="dask"`` sends the cells to a ``dask.distributed`` cluster. Without a scheduler
+  address it starts a ``LocalCluster`` (``workers`` processes, one thread each); with one it
+  connects to that scheduler. Workers write their cell files to the shared results directory
+  themselves, load the ``plugins`` files themselves, and run torch with one thread each so that
+  several workers on one machine do not oversubscribe its cores.
+
+On an HPC cluster, start the workers through dask-jobqueue (``pip install dask-jobqueue``) and
+pass the scheduler's address; the results directory (and ``data_root``) must be on a file
+system every node sees, under the same path::
+
+    from dask_jobqueue import SLURMCluster
+    from benchmark.matrix import run_matrix
+
+    cluster = SLURMCluster(cores=4, processes=1, memory="16GB", walltime="04:00:00",
+                           job_extra_directives=["--gres=gpu:1"])
+    cluster.scale(jobs=8)  # eight SLURM jobs, one worker each
+    run_matrix(["cub"], ["nt", "act", "colo-tride"], [0, 1, 2], preset="paper",
+               executor="dask", scheduler=cluster.scheduler_address,
+               results_dir="/shared/rrb-results", data_root="/shared/data")
+
+(or ``rrb run ... --executor dask --scheduler tcp://host:8786`` against a scheduler started by
+hand or by ``SLURMCluster``).
+
+Resume and concurrency. A cell is done when its rows file is valid (see :mod:`benchmark.store`),
+so re-running an interrupted command computes only the missing cells; a corrupt file is reported
+on one line and its cell recomputed. Two processes on one results directory share the work through
+per-cell lock files: a process skips a cell another live process is computing and, after its own
+cells, *waits* for those locked cells: each ends either finished by the other process (counted as
+``by_other``) or, when the other process died (its lock is stale or gone), computed here. A lock
+held by a process on another host that died cannot be told from a slow one: delete its
+``cells/<dataset>/<cell_id>.lock`` by hand (the waiting message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .cell import CellConfig, ResolvedCell, resolve, run_cell
+from .errors import BenchmarkError
+from .registry import DEFENSES, import_builtins, load_plugin_file
+
+EXECUTORS = ("local", "dask")
+LOCK_POLL_S = 2.0  # how often a process waiting for cells locked by another process looks again
+
+# The default matrix: every built-in defense of SPEC §6, baselines first, then the seed paper's
+# method, the released-code variant, GA and the seed paper's ablations. ``hm-noics`` (HM without
+# its ICS term) is registered for reproducing the reference runs but is not a leaderboard entry.
+DEFAULT_DEFENSE_ORDER = ("nt", "est", "act", "hm", "colo-tride", "ca-tride", "ga",
+                         "naive-tride", "colo-cap", "colo-anp")
+NOT_IN_DEFAULT_MATRIX = ("hm-noics",)
+
+
+def builtin_defense_names() -> list[str]:
+    """Every built-in defense of the default matrix, canonical names, in leaderboard order.
+
+    Built-ins not named in DEFAULT_DEFENSE_ORDER (a defense added later) follow in registry order,
+    so a new built-in joins the default matrix without an edit here.
+    """
+    import_builtins()
+    builtin = [e.name for e in DEFENSES.entries() if not e.is_plugin and e.name not in NOT_IN_DEFAULT_MATRIX]
+    ordered = [name for name in DEFAULT_DEFENSE_ORDER if name in builtin]
+    return ordered + [name for name in builtin if name not in ordered]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class CellResult:
+    """What happened to one cell in one process."""
+
+    cell_id: str
+    dataset: str
+    entry: str
+    seed: int
+    status: str  # "computed" | "skipped" (already valid) | "locked" (another process holds it)
+    seconds: float = 0.0
+    path: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    lock_owner: str = ""
+
+
+@dataclass
+class MatrixSummary:
+    """Counts of one ``run_matrix`` call; ``total == skipped + computed + by_other``."""
+
+    total: int
+    skipped: int  # valid before this run started
+    computed: int  # run here (includes recomputed_corrupt)
+    recomputed_corrupt: int  # of computed: the file existed but was corrupt
+    by_other: int  # finished meanwhile by another process sharing the results directory
+    wall_seconds: float
+    results_dir: str
+    executor: str
+    cells: list[CellResult] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"{self.skipped} already done", f"{self.computed} computed"]
+        if self.recomputed_corrupt:
+            parts[-1] += f" ({self.recomputed_corrupt} of them replacing a corrupt file)"
+        if self.by_other:
+            parts.append(f"{self.by_other} finished by another process")
+        return (f"{self.total} cells: " + ", ".join(parts)
+                + f"; {self.wall_seconds:.1f} s ({self.executor}); results in {self.results_dir}")
+
+
+@dataclass
+class PlannedCell:
+    config: CellConfig
+    cell: ResolvedCell
+    problem: str | None  # why an existing file is unusable; None when there is none
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell.cell_id
+
+    @property
+    def dataset(self) -> str:
+        return self.cell.bundle.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the matrix
+
+
+def _seed_list(seeds: Iterable[int]) -> list[int]:
+    out = []
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise BenchmarkError(f"seeds must be non-negative integers, got {seed!r}")
+        if seed not in out:
+            out.append(seed)
+    if not out:
+        raise BenchmarkError("the matrix needs at least one seed")
+    return out
+
+
+def _params_by_defense(defenses: Sequence[str],
+                       defense_params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    canonical = [DEFENSES.canonical(d) for d in defenses]
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in (defense_params or {}).items():
+        key = DEFENSES.canonical(name)
+        if key not in canonical:
+            raise BenchmarkError(f"defense parameters given for {name!r}, which is not in the matrix "
+                                 f"(defenses: {', '.join(canonical)})")
+        out[key] = dict(params)
+    return out
+
+
+def build_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: Iterable[int], *,
+                 preset: str = "quick", profile: str = "auto", data_root: str | None = None,
+                 device: str | None = None,
+                 defense_params: Mapping[str, Mapping[str, Any]] | None = None,
+                 attacks: Sequence[str] | None = None) -> list[CellConfig]:
+    """One CellConfig per (dataset, seed, defense), in that nesting order.
+
+    Seeds are the middle loop so an interrupted run already holds every defense at the first seed.
+    ``defense_params`` maps a defense name to its parameter overrides (e.g.
+    ``{"ga": {"epsilon": 0.1}}``); ``defenses=None`` means :func:`builtin_defense_names`.
+    """
+    import_builtins()
+    if not datasets:
+        raise BenchmarkError("the matrix needs at least one dataset")
+    defenses = list(defenses) if defenses else builtin_defense_names()
+    params = _params_by_defense(defenses, defense_params)
+    seed_list = _seed_list(seeds)
+    root = str(Path(data_root).expanduser().resolve()) if data_root else None
+    configs = []
+    for dataset in datasets:
+        for seed in seed_list:
+            for defense in defenses:
+                config = CellConfig(dataset=dataset, defense=defense, seed=seed, preset=preset, profile=profile,
+                                    attacks=tuple(attacks) if attacks else None, data_root=root, device=device)
+                chosen = params.get(DEFENSES.canonical(defense))
+                configs.append(config.with_params(chosen) if chosen else config)
+    return configs
+
+
+def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[PlannedCell]:
+    """Resolve every config (validating every name before any work) and check its existing file.
+
+    Each dataset is loaded once; cells that resolve to the same cell_id (a name and its alias)
+    are kept once.
+    """
+    bundles: dict[tuple[str, str | None], Any] = {}
+    planned: list[PlannedCell] = []
+    seen: set[str] = set()
+    for config in configs:
+        key = (config.dataset, config.data_root)
+        cell = resolve(config, bundle=bundles.get(key))
+        bundles[key] = cell.bundle
+        if cell.cell_id in seen:
+            continue
+        seen.add(cell.cell_id)
+        path = store.cell_path(results_dir, cell.bundle.name, cell.cell_id)
+        problem = store.read_cell_file(path).problem if path.exists() else "missing"
+        planned.append(PlannedCell(config, cell, problem))
+    return planned
+
+
+# ---------------------------------------------------------------------------------------------
+# One cell: the unit every executor runs
+
+
+def load_plugins(plugins: Iterable[str | os.PathLike]) -> None:
+    import_builtins()
+    for path in plugins:
+        load_plugin_file(path)
+
+
+def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_cell_id: str | None = None,
+                       plugins: Sequence[str] = (), progress: bool = False, bundle: Any = None,
+                       single_thread: bool = False) -> CellResult:
+    """Claim, run and store one cell; the task of every executor (a Dask worker runs exactly this).
+
+    Returns status ``"locked"`` without doing anything when another live process holds the cell,
+    and ``"skipped"`` when the cell turns out to be finished once its lock is held.
+    """
+    start = time.perf_counter()
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)  # several workers on one machine must not oversubscribe its cores
+    load_plugins(plugins)
+    cell = resolve(config, bundle=bundle)
+    if expected_cell_id is not None and cell.cell_id != expected_cell_id:
+        raise BenchmarkError(
+            f"cell {cell.entry} seed {config.seed} on {cell.bundle.name} resolves to config hash "
+            f"{cell.cell_id[:12]} here but {expected_cell_id[:12]} where the matrix was built: the "
+            "code or plugin files differ between the machines")
+    dataset, cell_id = cell.bundle.name, cell.cell_id
+    path = store.cell_path(results_dir, dataset, cell_id)
+    base = dict(cell_id=cell_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
+
+    lock = store.CellLock.acquire(results_dir, dataset, cell_id)
+    if lock is None:
+        owner = store.read_lock(store.lock_path(results_dir, dataset, cell_id))
+        return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
+    with lock:
+        # Another process may have finished the cell between our check and our lock.
+        if store.read_cell_file(path).valid:
+            return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+        output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
+        store.write_cell(results_dir, output.rows, output.telemetry)
+    return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors: submit cells, yield their results as they finish
+
+
+class LocalExecutor:
+    """Cells one after another in this process."""
+
+    name = "local"
+
+    def __init__(self, results_dir: Path, plugins: Sequence[str], progress: bool) -> None:
+        self.results_dir, self.plugins, self.progress = results_dir, plugins, progress
+
+    def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
+        for planned in cells:
+            yield run_and_store_cell(planned.config, self.results_dir, expected_cell_id=planned.cell_id,
+                                     plugins=self.plugins, progress=self.progress, bundle=planned.cell.bundle)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """Cells as tasks on a dask.distributed cluster; workers write their own cell files."""
+
+    name = "dask"
+
+    def __init__(self, results_dir: Path, plugins: Sequence[str], scheduler: str | None, workers: int | None) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise BenchmarkError("executor 'dask' needs dask.distributed: pip install 'dask[distributed]'") from None
+        self.results_dir, self.plugins = results_dir, plugins
+        self.cluster = None
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout=30)
+            except OSError as exc:
+                raise BenchmarkError(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}; "
+                                     "give its address as tcp://HOST:PORT") from None
+        else:
+            if workers is not None and workers < 1:
+                raise BenchmarkError(f"workers must be at least 1, got {workers}")
+            self.cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                                        dashboard_address=None)
+            self.client = Client(self.cluster)
+        self._submitted = 0
+
+    def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
+        from distributed import as_completed
+
+        futures = []
+        for planned in cells:
+            self._submitted += 1
+            futures.append(self.client.submit(
+                run_and_store_cell, planned.config, str(self.results_dir), expected_cell_id=planned.cell_id,
+                plugins=self.plugins, progress=False, single_thread=True, pure=False,
+                key=f"rrb-cell-{planned.cell_id[:16]}-{self._submitted}"))
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix
+
+
+def _say(message: str, progress_bar: Any) -> None:
+    if progress_bar is not None:
+        progress_bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: Iterable[int], *,
+               preset: str = "quick", profile: str = "auto", results_dir: str | os.PathLike = "results",
+               executor: str = "local", scheduler: str | None = None, workers: int | None = None,
+               data_root: str | None = None, device: str | None = None,
+               defense_params: Mapping[str, Mapping[str, Any]] | None = None,
+               plugins: Sequence[str | os.PathLike] = (), progress: bool = True,
+               attacks: Sequence[str] | None = None) -> MatrixSummary:
+    """Run every missing cell of datasets × defenses × seeds and store each cell's rows.
+
+    Checks the results directory, loads ``plugins`` and resolves every cell before any work, so a
+    bad name or path fails at once with a BenchmarkError. See the module docstring for resume,
+    locking and the Dask executor.
+    """
+    start = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise BenchmarkError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
+    results = store.check_results_dir(results_dir).resolve()
+    plugin_paths = [str(Path(p).expanduser().resolve()) for p in plugins]
+    load_plugins(plugin_paths)
+    configs = build_matrix(datasets, defenses, seeds, preset=preset, profile=profile, data_root=data_root,
+                           device=device, defense_params=defense_params, attacks=attacks)
+    planned = plan_cells(configs, results)
+    todo = [p for p in planned if p.problem is not None]
+    corrupt = {p.cell_id for p in todo if p.problem != "missing"}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(planned), desc="matrix", unit="cell", disable=not progress, position=0,
+               dynamic_ncols=True) if progress else None
+    summary = MatrixSummary(total=len(planned), skipped=len(planned) - len(todo), computed=0,
+                            recomputed_corrupt=0, by_other=0, wall_seconds=0.0, results_dir=str(results),
+                            executor=executor)
+    for p in todo:
+        if p.cell_id in corrupt:
+            _say(f"rrb: corrupt cell file {store.cell_path(results, p.dataset, p.cell_id)} ({p.problem}); "
+                 f"recomputing {p.cell.entry} seed {p.config.seed} on {p.dataset}", bar)
+    if bar is not None:
+        bar.update(summary.skipped)
+
+    runner: LocalExecutor | DaskExecutor
+    if executor == "dask":
+        runner = DaskExecutor(results, plugin_paths, scheduler, workers)
+    else:
+        runner = LocalExecutor(results, plugin_paths, progress)
+    by_id = {p.cell_id: p for p in planned}
+    waiting: dict[str, CellResult] = {}
+
+    def account(result: CellResult) -> None:
+        if result.status == "locked":
+            waiting[result.cell_id] = result
+            return
+        waiting.pop(result.cell_id, None)
+        summary.cells.append(result)
+        if result.status == "computed":
+            summary.computed += 1
+            summary.recomputed_corrupt += result.cell_id in corrupt
+        else:  # finished by another process after this run's plan was made
+            summary.by_other += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(computed=summary.computed, waiting=len(waiting), refresh=False)
+
+    try:
+        for result in runner.run(todo):
+            account(result)
+        if waiting:
+            holders = "; ".join(f"{r.entry} seed {r.seed} ({r.lock_owner}, "
+                                f"{store.lock_path(results, r.dataset, r.cell_id)})" for r in waiting.values())
+            _say(f"rrb: waiting for {len(waiting)} cell(s) another process is computing: {holders}", bar)
+        while waiting:
+            time.sleep(LOCK_POLL_S)
+            retry = []
+            for cell_id, result in list(waiting.items()):
+                path = store.cell_path(results, result.dataset, cell_id)
+                if store.read_cell_file(path).valid:
+                    account(replace(result, status="skipped", seconds=0.0))
+                elif _lock_released(results, result):
+                    retry.append(by_id[cell_id])
+            for result in runner.run(retry):
+                account(result)
+    finally:
+        runner.close()
+        if bar is not None:
+            bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _lock_released(results: Path, result: CellResult) -> bool:
+    """True when the lock is gone, or stale as far as this host can tell (the task breaks it)."""
+    path = store.lock_path(results, result.dataset, result.cell_id)
+    owner = store.read_lock(path)
+    return owner is None or store.lock_is_stale(path, owner)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small command line (``python -m benchmark.matrix``) for scripts and tests; users run ``rrb run``.
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.matrix",
+                                     description="run a datasets x defenses x seeds matrix into a results directory")
+    parser.add_argument("--datasets", type=_csv, default=["digits"])
+    parser.add_argument("--defenses", type=_csv, default=None, help="default: every built-in defense")
+    parser.add_argument("--seeds", type=lambda t: [int(s) for s in _csv(t)], default=[0])
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--profile", default="auto")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--scheduler", default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--attacks", type=_csv, default=None)
+    parser.add_argument("--plugin", action="append", default=[])
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
+                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
+                             workers=args.workers, data_root=args.data_root, device=args.device,
+                             plugins=args.plugin, progress=not args.quiet, attacks=args.attacks)
+    except BenchmarkError as exc:
+        print(f"rrb: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The results store (SPEC §7): one Parquet file per matrix cell; the store is their union.
+
+Layout under a results directory::
+
+    cells/<dataset>/<cell_id>.parquet       the cell's tidy rows (schema.ALL_COLUMNS)
+    cells/<dataset>/<cell_id>.lock          present while some process computes the cell
+    telemetry/<dataset>/<cell_id>.parquet   the cell's per-step training telemetry
+    checkpoints/...                         trained weights (written by cell.train_or_load)
+
+A cell is *done* exactly when its rows file is valid: readable Parquet, every schema column
+present, non-empty, and carrying a completeness marker in its Parquet key-value metadata
+(``rrb.cell``: format, cell_id, row count) that matches the file name and the rows read back.
+Both files are written to a temp file in the same folder and moved into place with
+``os.replace``; the telemetry goes first, so a finished rows file always has its telemetry
+beside it. A file name is the config hash, so a changed setting is a new file, never an
+overwrite, and the union can never hold a cell twice.
+
+Several processes (or Dask workers on several hosts) may share one results directory: a per-cell
+lock file created with ``O_CREAT | O_EXCL`` holds the pid and hostname of its owner; a lock whose
+owner is a dead process on this host is stale and is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import BenchmarkError
+from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+MARKER_KEY = b"rrb.cell"
+CELLS_DIR = "cells"
+TELEMETRY_DIR = "telemetry"
+# A lock file that stays empty or unparseable this long was left by a process killed between
+# creating and writing it (a window of microseconds), so it may be broken.
+UNREADABLE_LOCK_GRACE_S = 60.0
+
+TABLE_FORMATS = ("table", "csv", "json")
+
+
+class CorruptCellWarning(UserWarning):
+    """A cell file in the store could not be used; the cell is left out (and recomputed by ``rrb run``)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and the results directory
+
+
+def cell_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
+    return Path(results_dir) / CELLS_DIR / dataset / f"{cell_id}.parquet"
+
+
+def telemetry_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
+    return Path(results_dir) / TELEMETRY_DIR / dataset / f"{cell_id}.parquet"
+
+
+def lock_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
+    return Path(results_dir) / CELLS_DIR / dataset / f"{cell_id}.lock"
+
+
+def check_results_dir(results_dir: str | os.PathLike, *, create: bool = True) -> Path:
+    """Make sure results can be written there, before any work starts.
+
+    Checks the permission bits (``os.access``) and then actually creates and removes a file,
+    because the bits say nothing about a read-only mount or, for root, about anything.
+    """
+    path = Path(results_dir)
+    if path.exists() and not path.is_dir():
+        raise BenchmarkError(f"results path {str(path)!r} exists but is not a directory; "
+                             "pass a directory (it is created when missing)")
+    if not path.exists():
+        if not create:
+            raise BenchmarkError(f"results directory {str(path)!r} does not exist")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchmarkError(f"cannot create results directory {str(path)!r}: {exc.strerror or exc}; "
+                                 "pass a writable directory with --results") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BenchmarkError(f"results directory {str(path)!r} is not writable; "
+                             "pass a writable directory with --results")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rrb-write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchmarkError(f"results directory {str(path)!r} is not writable ({exc.strerror or exc}); "
+                             "pass a writable directory with --results") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def coerce_types(frame: pd.DataFrame, columns: Iterable[str] = ALL_COLUMNS) -> pd.DataFrame:
+    """Cast the schema columns to schema.COLUMN_TYPES (the dtypes every consumer may rely on)."""
+    frame = frame.copy()
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        dtype = COLUMN_TYPES.get(column)
+        if dtype is None:
+            continue
+        if dtype.startswith("datetime64"):
+            frame[column] = pd.to_datetime(frame[column], utc=True).astype(dtype)
+        else:
+            frame[column] = frame[column].astype(dtype)
+    return frame
+
+
+def empty_results() -> pd.DataFrame:
+    return coerce_types(pd.DataFrame({c: pd.Series([], dtype="object") for c in ALL_COLUMNS}))
+
+
+def _telemetry_types(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in frame.columns:
+        if column in ("cell_id", "dataset", "defense", "entry", "preset"):
+            frame[column] = frame[column].astype("string")
+        elif column in ("seed", "step", "epoch"):
+            frame[column] = frame[column].astype("int64")
+        elif pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
+            frame[column] = frame[column].astype("float64")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write to a temp file in the target folder, flush it to disk, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _remove_leftover_temps(path: Path) -> None:
+    """Temp files of this cell left by a killed writer (only the lock holder calls this)."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
+
+
+def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> Path:
+    """Store one finished cell: its telemetry, then its rows (the completion point). Returns the rows path."""
+    missing = [c for c in ALL_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"cell rows lack schema columns: {missing}")
+    if rows.empty:
+        raise ValueError("a cell must have at least one row")
+    cell_ids = rows["cell_id"].unique()
+    datasets = rows["dataset"].unique()
+    if len(cell_ids) != 1 or len(datasets) != 1:
+        raise ValueError(f"rows of one cell must share cell_id and dataset, got {list(cell_ids)} / {list(datasets)}")
+    cell_id, dataset = str(cell_ids[0]), str(datasets[0])
+    rows = coerce_types(rows[ALL_COLUMNS].reset_index(drop=True))
+    path = cell_path(results_dir, dataset, cell_id)
+    _remove_leftover_temps(path)
+
+    if telemetry is not None:
+        telemetry = _telemetry_types(telemetry.reset_index(drop=True))
+        _atomic_write_table(pa.Table.from_pandas(telemetry, preserve_index=False),
+                            telemetry_path(results_dir, dataset, cell_id))
+
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    marker = {"format": STORE_FORMAT, "cell_id": cell_id, "dataset": dataset, "rows": len(rows),
+              "columns": len(ALL_COLUMNS)}
+    metadata = dict(table.schema.metadata or {})
+    metadata[MARKER_KEY] = json.dumps(marker, sort_keys=True).encode()
+    _atomic_write_table(table.replace_schema_metadata(metadata), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating
+
+
+@dataclass
+class CellFile:
+    """What reading one cell file found: its rows, or why it cannot be used."""
+
+    path: Path
+    rows: pd.DataFrame | None
+    problem: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+def read_cell_file(path: str | os.PathLike) -> CellFile:
+    """Read and verify one cell file; never raises for a damaged file (``problem`` says what is wrong)."""
+    path = Path(path)
+    cell_id = path.stem
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        return CellFile(path, None, "missing")
+    except Exception as exc:  # truncated bytes, foreign file: all the same to the store
+        return CellFile(path, None, f"not a readable Parquet file ({type(exc).__name__}: {exc})")
+    raw = (table.schema.metadata or {}).get(MARKER_KEY)
+    if raw is None:
+        return CellFile(path, None, "no completeness marker (not written by the store)")
+    try:
+        marker = json.loads(raw)
+    except ValueError:
+        return CellFile(path, None, "unreadable completeness marker")
+    if marker.get("format") != STORE_FORMAT:
+        return CellFile(path, None, f"store format {marker.get('format')!r}, expected {STORE_FORMAT}")
+    if marker.get("cell_id") != cell_id:
+        return CellFile(path, None, f"marker names cell {marker.get('cell_id')!r}, file name says {cell_id!r}")
+    missing = [c for c in ALL_COLUMNS if c not in table.column_names]
+    if missing:
+        return CellFile(path, None, f"missing columns {missing}")
+    if table.num_rows == 0 or table.num_rows != marker.get("rows"):
+        return CellFile(path, None, f"{table.num_rows} rows, marker says {marker.get('rows')}")
+    try:
+        rows = coerce_types(table.to_pandas()[ALL_COLUMNS])
+    except Exception as exc:
+        return CellFile(path, None, f"columns of the wrong type ({type(exc).__name__}: {exc})")
+    if set(rows["cell_id"].unique()) != {cell_id}:
+        return CellFile(path, None, "rows of another cell inside")
+    return CellFile(path, rows)
+
+
+def cell_files(results_dir: str | os.PathLike, dataset: str | None = None) -> list[Path]:
+    root = Path(results_dir) / CELLS_DIR
+    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
+    return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
+
+
+def _report_corrupt(cell: CellFile) -> None:
+    message = f"skipping corrupt cell file {cell.path}: {cell.problem}"
+    log.warning(message)
+    warnings.warn(message, CorruptCellWarning, stacklevel=3)
+
+
+def load_results(results_dir: str | os.PathLike, dataset: str | None = None) -> pd.DataFrame:
+    """The union of every valid cell file, typed per schema.COLUMN_TYPES.
+
+    Corrupt or partial files are left out with a CorruptCellWarning (and a log line); a
+    missing results directory is an empty store.
+    """
+    frames = []
+    for path in cell_files(results_dir, dataset):
+        cell = read_cell_file(path)
+        if cell.valid:
+            frames.append(cell.rows)
+        else:
+            _report_corrupt(cell)
+    if not frames:
+        return empty_results()
+    return coerce_types(pd.concat(frames, ignore_index=True))
+
+
+def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
+                   cell_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-step training telemetry of the finished cells (those with a valid rows file)."""
+    wanted = set(cell_ids) if cell_ids is not None else None
+    frames = []
+    root = Path(results_dir) / TELEMETRY_DIR
+    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
+    for path in sorted(root.glob(pattern)):
+        if path.name.startswith(".") or (wanted is not None and path.stem not in wanted):
+            continue
+        if not cell_path(results_dir, path.parent.name, path.stem).exists():
+            continue  # telemetry of a cell whose rows never landed: not part of the store
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except Exception as exc:
+            message = f"skipping corrupt telemetry file {path}: {type(exc).__name__}: {exc}"
+            log.warning(message)
+            warnings.warn(message, CorruptCellWarning, stacklevel=2)
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype="object") for c in TELEMETRY_COLUMNS})
+    return _telemetry_types(pd.concat(frames, ignore_index=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting for `rrb results`
+
+SUMMARY_METRICS = (("benign", "R@1", "R@1"), ("score", "ERS", "ERS"), ("score", "ARS", "ARS"),
+                   ("score", "WHM", "WHM"))
+SUMMARY_KEYS = ["dataset", "preset", "profile", "entry", "seed"]
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, preset, profile, entry, seed): R@1, ERS, ARS, WHM and train seconds."""
+    columns = SUMMARY_KEYS + [label for _, _, label in SUMMARY_METRICS] + ["train_s", "cell_id"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    keys = SUMMARY_KEYS + ["cell_id"]
+    out = df.groupby(keys, sort=True, observed=True).agg(train_s=("train_seconds", "first")).reset_index()
+    for attack, metric, label in SUMMARY_METRICS:
+        picked = df[(df["attack"] == attack) & (df["metric"] == metric)]
+        values = picked.groupby("cell_id", observed=True)["value"].first().rename(label)
+        out = out.merge(values, left_on="cell_id", right_index=True, how="left")
+    out["cell_id"] = out["cell_id"].str.slice(0, 12)
+    return out[columns].reset_index(drop=True)
+
+
+def format_results(df: pd.DataFrame, fmt: str = "table") -> str:
+    """Render results for ``rrb results``: ``table`` (one line per entry and seed), or the long rows as csv/json."""
+    if fmt not in TABLE_FORMATS:
+        raise BenchmarkError(f"unknown results format {fmt!r}; accepted: {', '.join(TABLE_FORMATS)}")
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", date_format="iso", indent=1) + "\n"
+    if df.empty:
+        return "(no results)\n"
+    table = summary_table(df)
+    formatters = {"R@1": "{:.4f}".format, "WHM": "{:.4f}".format, "ERS": "{:.1f}".format,
+                  "ARS": "{:.1f}".format, "train_s": "{:.1f}".format}
+    return table.to_string(index=False, formatters=formatters, na_rep="-") + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell locks
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@dataclass
+class LockOwner:
+    pid: int | None
+    host: str | None
+    created: float | None
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}" if self.pid is not None else "an unknown process"
+
+
+def read_lock(path: Path) -> LockOwner | None:
+    """The owner written in a lock file; ``None`` when there is no lock file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return LockOwner(None, None, None)
+    try:
+        data = json.loads(text)
+        return LockOwner(int(data["pid"]), str(data["host"]), float(data.get("created", 0.0)))
+    except (ValueError, KeyError, TypeError):
+        return LockOwner(None, None, None)
+
+
+def lock_is_stale(path: Path, owner: LockOwner) -> bool:
+    """A lock is stale when its owner is a dead process on this host (or it was never written)."""
+    if owner.pid is None:
+        try:
+            return time.time() - path.stat().st_mtime > UNREADABLE_LOCK_GRACE_S
+        except FileNotFoundError:
+            return True
+    return owner.host == socket.gethostname() and not _pid_alive(owner.pid)
+
+
+class CellLock:
+    """An exclusive claim on computing one cell, held through a lock file.
+
+    ``CellLock.acquire`` returns ``None`` when another live process holds the cell.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()})
+
+    @classmethod
+    def acquire(cls, results_dir: str | os.PathLike, dataset: str, cell_id: str) -> CellLock | None:
+        lock = cls(lock_path(results_dir, dataset, cell_id))
+        lock.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if lock._create():
+                return lock
+            owner = read_lock(lock.path)
+            if owner is None:
+                continue  # released between our attempt and the read: try again
+            if not lock_is_stale(lock.path, owner) or not _break_stale(lock.path, owner):
+                return None
+        return None
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, self.token.encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def release(self) -> None:
+        """Remove the lock file, if it is still ours."""
+        try:
+            if self.path.read_text() == self.token:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> CellLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _break_stale(path: Path, owner: LockOwner) -> bool:
+    """Remove a stale lock, unless someone else breaks (and re-takes) it first.
+
+    A short-lived ``.break`` file serialises breakers: without it, two processes that both saw
+    the same stale lock could each delete it and one could delete the other's fresh lock.
+    """
+    breaker = path.with_name(path.name + ".break")
+    try:
+        fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+    except FileExistsError:
+        try:  # a breaker that died mid-break leaves this file behind
+            if time.time() - breaker.stat().st_mtime > UNREADABLE_LOCK_GRACE_S:
+                breaker.unlink()
+        except FileNotFoundError:
+            pass
+        return False
+    try:
+        if read_lock(path) == owner:  # still the lock we judged stale
+            path.unlink()
+            log.info("broke stale lock %s held by %s", path, owner.describe())
+        return True
+    except FileNotFoundError:
+        return True
+    finally:
+        breaker.unlink()

@@ -257,10 +257,17 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it ("unknown" outside git)."""
+    here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        return out.stdout.strip() or "unknown"
+                             cwd=here, timeout=5)
+        commit = out.stdout.strip()
+        if not commit:
+            return "unknown"
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, cwd=here, timeout=5)
+        return commit + ("+dirty" if status.stdout.strip() else "")
     except Exception:
         return "unknown"
 

@@ -21,7 +21,14 @@ import torch
 
 from .defense import Defense, StepResult, TrainContext
 from .errors import BenchmarkError
-from .registry import DEFENSES, Entry, import_builtins, load_plugin_file
+from .registry import (
+    DEFENSES,
+    Entry,
+    import_builtins,
+    load_plugin_file,
+    restore_registries,
+    snapshot_registries,
+)
 
 
 @dataclass
@@ -34,45 +41,54 @@ class ValidatedPlugin:
 
 
 def load_defense_plugin(file_or_name: str) -> tuple[Entry, Path | None]:
-    """Import a plugin file (registering what it holds) or find an installed plugin by name."""
+    """Import a plugin file (registering what it holds) or find an installed plugin by name.
+
+    A file must register exactly one new defense (it may also register attacks); a name must be
+    a plugin defense, not a built-in. The caller rolls back on failure.
+    """
     import_builtins()
     path = Path(file_or_name)
-    if path.suffix == ".py" or path.exists():
+    if path.suffix == ".py" or path.is_file():
         registered = load_plugin_file(path)
         new = registered["defenses"]
-        others = [e.name for kind, es in registered.items() if kind not in ("defenses", "attacks") for e in es]
+        others = [f"{kind[:-1]} {e.name!r}" for kind, es in registered.items()
+                  if kind not in ("defenses", "attacks") for e in es]
         if len(new) != 1 or others:
             names = ", ".join(e.name for e in new) or "none"
-            for kind_entries in registered.values():
-                for entry in kind_entries:
-                    _forget(entry)
             raise BenchmarkError(f"plugin {str(path)!r} must register exactly one new defense with "
-                                 f"@DEFENSES.register(...); it registered {len(new)} ({names})"
-                                 + (f" and other kinds ({', '.join(others)})" if others else ""))
+                                 f"@DEFENSES.register(\"name\") on a Defense subclass; it registered "
+                                 f"{len(new)} ({names})"
+                                 + (f" and {', '.join(others)}" if others else ""))
         return new[0], path
-    entry = DEFENSES.get(file_or_name)
+    try:
+        entry = DEFENSES.get(file_or_name)
+    except BenchmarkError as exc:
+        installed = ", ".join(e.name for e in DEFENSES.entries() if e.is_plugin) or "none"
+        raise BenchmarkError(f"{file_or_name!r} is neither a plugin .py file nor an installed plugin defense "
+                             f"(rrb.defenses entry point; installed: {installed}): {exc}") from None
     if not entry.is_plugin:
-        raise BenchmarkError(f"{file_or_name!r} is a built-in defense; submit a plugin file or an installed plugin")
+        raise BenchmarkError(f"{file_or_name!r} is a built-in defense; submit a plugin .py file or the name of "
+                             "an installed plugin defense")
     return entry, None
 
 
-def _forget(entry: Entry) -> None:
-    from .registry import REGISTRIES
-
-    for reg in REGISTRIES.values():
-        if entry.name in reg._entries and reg._entries[entry.name] is entry:
-            reg.remove(entry.name)
-
-
 def validate_defense(file_or_name: str, *, seed: int = 0) -> ValidatedPlugin:
-    """Load and check a defense plugin (see the module docstring); roll back on failure."""
-    entry, path = load_defense_plugin(file_or_name)
+    """Load and check a defense plugin (see the module docstring).
+
+    On any failure every registration made while loading it is rolled back (and the file is
+    forgotten, so a fixed file can be loaded again in the same process) and one BenchmarkError
+    says what is wrong. On success the plugin stays registered, ready for the matrix.
+    """
+    snapshot = snapshot_registries()
     try:
+        entry, path = load_defense_plugin(file_or_name)
         result = _check(entry, seed)
     except BenchmarkError:
-        if path is not None:
-            _forget(entry)
+        restore_registries(snapshot)
         raise
+    except Exception as exc:  # a plugin can break in ways the checks do not foresee
+        restore_registries(snapshot)
+        raise BenchmarkError(f"plugin {file_or_name!r} failed validation: {type(exc).__name__}: {exc}") from None
     return ValidatedPlugin(entry, path, *result)
 
 
@@ -121,6 +137,7 @@ def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float
                        attention_lambda=10.0)
     model.set_train_mode(adversarial=defense.trains_batchnorm)
     try:
+        defense.reset()
         result = defense.training_step(model, images, labels, ctx)
     except Exception as exc:
         raise BenchmarkError(f"plugin defense {name!r} raised inside training_step: "
@@ -132,7 +149,7 @@ def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise BenchmarkError(f"plugin defense {name!r}: the loss must be a scalar tensor")
     if not torch.isfinite(loss):
-        raise BenchmarkError(f"plugin defense {name!r}: the loss is not finite ({float(loss)})")
+        raise BenchmarkError(f"plugin defense {name!r}: the loss is not finite ({float(loss.detach())})")
     if not loss.requires_grad:
         raise BenchmarkError(f"plugin defense {name!r}: the loss has no gradient (was it detached?)")
     model.zero_grad(set_to_none=True)
@@ -151,6 +168,8 @@ def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float
         if result.originals is None or result.originals.shape != result.perturbed.shape:
             raise BenchmarkError(f"plugin defense {name!r}: StepResult.originals must hold the clean images the "
                                  "perturbed ones started from, same shape")
+        if not torch.isfinite(result.perturbed).all():
+            raise BenchmarkError(f"plugin defense {name!r}: the perturbed images hold NaN or infinite values")
         delta = (result.perturbed - result.originals).abs().max().item()
         if delta > ctx.epsilon + 1e-5:
             raise BenchmarkError(f"plugin defense {name!r}: perturbation {delta:.4f} exceeds the budget "

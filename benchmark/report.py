@@ -142,6 +142,11 @@ class Board:
     def title(self) -> str:
         return f"{self.key.dataset} · {self.key.preset} · {self.key.profile_id}"
 
+    @property
+    def plugin_entries(self) -> list[str]:
+        """Entries that come from plugins, in leaderboard order (shown on the index)."""
+        return [row.entry for row in self.rows if row.kind.sort == "plugin"]
+
 
 # --------------------------------------------------------------------------------------------
 # Aggregation

@@ -216,6 +216,14 @@ def test_plugin_defense_and_plugin_attack_columns(rendered):
     assert header.index("MY") == header.index("GTT ↑") + 1 < header.index("ERS")
     assert plugin["MY"] == "7.50 ± 0.71"
     assert plugin["ERS"] == "31.0 ± 1.4"  # the plugin attack did not change ERS
+    # The index names the plugin entries of each board (none on the mnist board).
+    index_md = (rendered["out"] / "index.md").read_text(encoding="utf-8")
+    index_header, _, *index_rows = [[cell.strip() for cell in line.split("|")[1:-1]]
+                                    for line in index_md.splitlines() if line.startswith("|")]
+    by_dataset = {row[0]: dict(zip(index_header, row)) for row in index_rows}
+    assert by_dataset["digits"]["Plugin entries"] == plugin["Entry"]
+    assert by_dataset["mnist"]["Plugin entries"] == ""
+    assert plugin["Entry"] in (rendered["out"] / "index.html").read_text(encoding="utf-8")
 
 
 def test_partial_seed_counts_are_marked(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import BenchmarkError
 
 DEFAULT_RESULTS = "results"
+DEFAULT_REPORTS = "reports"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,13 @@ def _csv(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
+
+
+def _threads(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _seeds(text: str) -> list[int]:
@@ -86,7 +94,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--attacks", type=_csv, default=None, metavar="A,B,...",
                    help="attacks to run (default: the whole ERS suite; rrb list attacks)")
+
+    p = sub.add_parser("run", help="run a datasets x defenses x seeds matrix into the results store (resumable)")
+    _matrix_args(p)
+    p.add_argument("--defenses", type=_csv, default=None, metavar="A,B,...",
+                   help="defenses of the matrix (default: every built-in defense; rrb list defenses)")
+    p.add_argument("--defense-param", action="append", default=[], metavar="DEFENSE:NAME=VALUE",
+                   help="override one defense's hyper-parameter, e.g. ga:gamma=0.05 (repeatable)")
+    p.add_argument("--attacks", type=_csv, default=None, metavar="A,B,...",
+                   help="attacks of every cell (default: the whole ERS suite; rrb list attacks)")
+    p.add_argument("--leaderboard", default=None, metavar="DIR",
+                   help="render the leaderboards into DIR when the matrix is done")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="torch CPU threads per cell (default: all for local, 1 per Dask worker); "
+                        "CPU numbers are reproduced bit for bit only with the same count")
+
+    p = sub.add_parser("results", help="print the results store: one line per entry and seed, or the rows")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
+    p.add_argument("--dataset", default=None, help="only this dataset's rows")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"],
+                   help="table (default: one line per entry and seed), csv or json (every row)")
+
+    p = sub.add_parser("leaderboard", help="render HTML and Markdown leaderboards from the results store")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
+    p.add_argument("--out", default=DEFAULT_REPORTS, help="output folder (default: reports)")
+    p.add_argument("--dataset", default=None, help="only this dataset's leaderboards")
+
+    p = sub.add_parser("submit", help="validate a plugin defense, run the standard matrix for it, "
+                                      "re-render the leaderboards")
+    p.add_argument("plugin_file_or_name", metavar="FILE_OR_NAME",
+                   help="a plugin .py file, or the name of an installed plugin (rrb.defenses entry point)")
+    _matrix_args(p)
+    p.add_argument("--out", default=DEFAULT_REPORTS, help="leaderboard folder to re-render (default: reports)")
     return parser
+
+
+def _matrix_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run a matrix (``run``, ``submit``)."""
+    p.add_argument("--datasets", type=_csv, default=["digits"], metavar="A,B,...",
+                   help="datasets of the matrix (rrb list datasets); default digits")
+    p.add_argument("--seeds", type=_seeds, default=[0], metavar="0,1,...",
+                   help="non-negative integer seeds (default 0)")
+    p.add_argument("--preset", default="quick", help="smoke, quick (default) or paper")
+    p.add_argument("--profile", default="auto", help="auto (default), rob28 or rob224")
+    p.add_argument("--executor", default="local", choices=["local", "dask"],
+                   help="local (default: cells one after another here) or dask")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (tcp://HOST:PORT); default: a LocalCluster on this machine")
+    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default 2)")
+    _common(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +275,109 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "attack": cmd_attack}
+def _matrix_defense_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``DEFENSE:NAME=VALUE`` items as {defense: {name: value}}."""
+    from .defense import parse_params
+
+    out: dict[str, list[str]] = {}
+    for item in items:
+        defense, sep, assignment = item.partition(":")
+        if not sep or not defense.strip() or "=" not in assignment:
+            raise BenchmarkError(f"--defense-param {item!r}: expected DEFENSE:NAME=VALUE, e.g. ga:gamma=0.05")
+        out.setdefault(defense.strip(), []).append(assignment)
+    return {defense: parse_params(values) for defense, values in out.items()}
+
+
+def _summary_line(summary) -> str:
+    return "rrb: " + summary.describe()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .matrix import run_matrix
+    from .store import format_results, load_results
+
+    summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
+                         results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
+                         workers=args.workers, data_root=args.data_root, device=args.device,
+                         defense_params=_matrix_defense_params(args.defense_param), plugins=args.plugin,
+                         progress=not args.quiet, attacks=args.attacks, threads=args.threads)
+    print(_summary_line(summary), file=sys.stderr)
+    ids = {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    frame = load_results(args.results)
+    frame = frame[frame["cell_id"].isin(ids)]
+    sys.stdout.write(format_results(frame, "table"))
+    if args.leaderboard:
+        _render(args.results, args.leaderboard)
+    else:
+        print(f"rrb: render the leaderboards with: rrb leaderboard --results {args.results}", file=sys.stderr)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .store import format_results, load_results, readable_results_dir
+
+    results = readable_results_dir(args.results)  # reading needs no write access
+    sys.stdout.write(format_results(load_results(results, dataset=args.dataset), args.format))
+    return 0
+
+
+def _render(results: str, out: str, dataset: str | None = None) -> list[Path]:
+    from .report import render_from_store
+    from .store import readable_results_dir
+
+    written = render_from_store(readable_results_dir(results), Path(out), dataset=dataset)
+    pages = [p for p in written if p.suffix == ".html" and p.name != "index.html"]
+    print(f"rrb: wrote {len(pages)} leaderboard(s) ({len(written)} files) to {out}; open {Path(out) / 'index.html'}",
+          file=sys.stderr)
+    return written
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    _render(args.results, args.out, args.dataset)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate a plugin defense, run the standard matrix for it and re-render the leaderboards.
+
+    Validation comes first and touches nothing on disk: a broken plugin ends here with one line
+    (exit status 2), its registrations rolled back and the results directory untouched.
+    """
+    from .matrix import run_matrix
+    from .plugins import validate_defense
+    from .store import check_results_dir, format_results, load_results
+
+    _load_plugins(args.plugin)
+    checked = validate_defense(args.plugin_file_or_name, seed=args.seeds[0])
+    entry = checked.entry
+    origin = f"file {checked.path}" if checked.path is not None else f"installed package ({entry.source})"
+    print(f"rrb: plugin defense {entry.name!r} from {origin} passed validation (one step: loss {checked.loss:.4f}, "
+          f"{checked.pgd_steps} PGD steps per batch, {'perturbs' if checked.perturbs else 'no perturbation'}"
+          f"{', sha256 ' + entry.source_hash[:12] if entry.source_hash else ''})", file=sys.stderr)
+    check_results_dir(args.results)
+    plugins = list(args.plugin) + ([str(checked.path)] if checked.path is not None else [])
+    try:
+        summary = run_matrix(args.datasets, [entry.name], args.seeds, preset=args.preset, profile=args.profile,
+                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
+                             workers=args.workers, data_root=args.data_root, device=args.device,
+                             plugins=plugins, progress=not args.quiet)
+    except (BenchmarkError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # third-party code failing mid-training: one line, not a traceback
+        raise BenchmarkError(f"plugin defense {entry.name!r} failed while its matrix ran: "
+                             f"{type(exc).__name__}: {exc}; cells finished before it are kept") from exc
+    print(_summary_line(summary), file=sys.stderr)
+    ids = {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    frame = load_results(args.results)
+    sys.stdout.write(format_results(frame[frame["cell_id"].isin(ids)], "table"))
+    _render(args.results, args.out)
+    print(f"rrb: {entry.name} is on the leaderboards in {args.out} (marked as a plugin); its rows are in "
+          f"{Path(args.results) / 'cells'} (see: rrb results --results {args.results})", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "attack": cmd_attack, "run": cmd_run, "results": cmd_results,
+            "leaderboard": cmd_leaderboard, "submit": cmd_submit}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,16 @@ function, :func:`run_and_store_cell`: claim the cell's lock, run it, write its f
 * ``executor="dask"`` sends the cells to a ``dask.distributed`` cluster. Without a scheduler
   address it starts a ``LocalCluster`` (``workers`` processes, one thread each); with one it
   connects to that scheduler. Workers write their cell files to the shared results directory
-  themselves, load the ``plugins`` files themselves, and run torch with one thread each so that
-  several workers on one machine do not oversubscribe its cores.
+  themselves, load the ``plugins`` files themselves, and run torch with one thread each (or
+  ``threads``) so that several workers on one machine do not oversubscribe its cores.
+
+Thread count and reproducibility. On CPU a cell's numbers depend on torch's thread count: the
+convolutions and matrix products split their sums across threads, so another count adds in
+another order and training drifts apart in the last bits, then further (a digits smoke cell
+trained with 1 and with 2 threads differs in R@1). Every seed is fixed, so a cell is
+reproduced exactly by running it with the same thread count on the same hardware, whatever the
+executor: pass the same ``threads`` (``rrb run --threads``) to compare runs bit for bit. The
+count is recorded in the ``device_name`` column of every row.
 
 On an HPC cluster, start the workers through dask-jobqueue (``pip install dask-jobqueue``) and
 pass the scheduler's address; the results directory (and ``data_root``) must be on a file
@@ -112,6 +120,7 @@ class MatrixSummary:
     results_dir: str
     executor: str
     cells: list[CellResult] = field(default_factory=list)
+    cell_ids: list[str] = field(default_factory=list)  # every cell of the matrix, done before or now
 
     def describe(self) -> str:
         parts = [f"{self.skipped} already done", f"{self.computed} computed"]
@@ -176,7 +185,7 @@ def build_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds:
 
     Seeds are the middle loop so an interrupted run already holds every defense at the first seed.
     ``defense_params`` maps a defense name to its parameter overrides (e.g.
-    ``{"ga": {"epsilon": 0.1}}``); ``defenses=None`` means :func:`builtin_defense_names`.
+    ``{"ga": {"gamma": 0.05}}``); ``defenses=None`` means :func:`builtin_defense_names`.
     """
     import_builtins()
     if not datasets:
@@ -230,17 +239,29 @@ def load_plugins(plugins: Iterable[str | os.PathLike]) -> None:
 
 def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_cell_id: str | None = None,
                        plugins: Sequence[str] = (), progress: bool = False, bundle: Any = None,
-                       single_thread: bool = False) -> CellResult:
+                       threads: int | None = None) -> CellResult:
     """Claim, run and store one cell; the task of every executor (a Dask worker runs exactly this).
 
-    Returns status ``"locked"`` without doing anything when another live process holds the cell,
-    and ``"skipped"`` when the cell turns out to be finished once its lock is held.
+    ``threads``: torch's CPU thread count while the cell runs (restored afterwards); ``None``
+    keeps the process's. Returns status ``"locked"`` without doing anything when another live
+    process holds the cell, and ``"skipped"`` when the cell turns out to be finished once its
+    lock is held.
     """
-    start = time.perf_counter()
-    if single_thread:
-        import torch
+    if threads is None:
+        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+    import torch
 
-        torch.set_num_threads(1)  # several workers on one machine must not oversubscribe its cores
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expected_cell_id: str | None,
+                        plugins: Sequence[str], progress: bool, bundle: Any) -> CellResult:
+    start = time.perf_counter()
     load_plugins(plugins)
     cell = resolve(config, bundle=bundle)
     if expected_cell_id is not None and cell.cell_id != expected_cell_id:
@@ -274,13 +295,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, results_dir: Path, plugins: Sequence[str], progress: bool) -> None:
-        self.results_dir, self.plugins, self.progress = results_dir, plugins, progress
+    def __init__(self, results_dir: Path, plugins: Sequence[str], progress: bool, threads: int | None = None) -> None:
+        self.results_dir, self.plugins, self.progress, self.threads = results_dir, plugins, progress, threads
 
     def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
         for planned in cells:
             yield run_and_store_cell(planned.config, self.results_dir, expected_cell_id=planned.cell_id,
-                                     plugins=self.plugins, progress=self.progress, bundle=planned.cell.bundle)
+                                     plugins=self.plugins, progress=self.progress, bundle=planned.cell.bundle,
+                                     threads=self.threads)
 
     def close(self) -> None:
         pass
@@ -291,12 +313,16 @@ class DaskExecutor:
 
     name = "dask"
 
-    def __init__(self, results_dir: Path, plugins: Sequence[str], scheduler: str | None, workers: int | None) -> None:
+    def __init__(self, results_dir: Path, plugins: Sequence[str], scheduler: str | None, workers: int | None,
+                 threads: int | None = None) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
             raise BenchmarkError("executor 'dask' needs dask.distributed: pip install 'dask[distributed]'") from None
         self.results_dir, self.plugins = results_dir, plugins
+        # One torch thread per task unless told otherwise: several workers on one machine must not
+        # oversubscribe its cores.
+        self.threads = threads or 1
         self.cluster = None
         if scheduler:
             try:
@@ -320,7 +346,7 @@ class DaskExecutor:
             self._submitted += 1
             futures.append(self.client.submit(
                 run_and_store_cell, planned.config, str(self.results_dir), expected_cell_id=planned.cell_id,
-                plugins=self.plugins, progress=False, single_thread=True, pure=False,
+                plugins=self.plugins, progress=False, threads=self.threads, pure=False,
                 key=f"rrb-cell-{planned.cell_id[:16]}-{self._submitted}"))
         try:
             for future in as_completed(futures):
@@ -353,21 +379,25 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
                data_root: str | None = None, device: str | None = None,
                defense_params: Mapping[str, Mapping[str, Any]] | None = None,
                plugins: Sequence[str | os.PathLike] = (), progress: bool = True,
-               attacks: Sequence[str] | None = None) -> MatrixSummary:
+               attacks: Sequence[str] | None = None, threads: int | None = None) -> MatrixSummary:
     """Run every missing cell of datasets × defenses × seeds and store each cell's rows.
 
     Checks the results directory, loads ``plugins`` and resolves every cell before any work, so a
-    bad name or path fails at once with a BenchmarkError. See the module docstring for resume,
-    locking and the Dask executor.
+    bad name or path fails at once with a BenchmarkError. ``threads`` is torch's CPU thread count
+    for each cell (default: this process's for ``local``, 1 for ``dask``); see the module
+    docstring for why it matters, and for resume, locking and the Dask executor.
     """
     start = time.perf_counter()
     if executor not in EXECUTORS:
         raise BenchmarkError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
-    results = store.check_results_dir(results_dir).resolve()
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise BenchmarkError(f"threads must be a positive integer, got {threads!r}")
     plugin_paths = [str(Path(p).expanduser().resolve()) for p in plugins]
     load_plugins(plugin_paths)
     configs = build_matrix(datasets, defenses, seeds, preset=preset, profile=profile, data_root=data_root,
                            device=device, defense_params=defense_params, attacks=attacks)
+    # Names are checked before the results directory is created: a typo leaves no empty folder behind.
+    results = store.check_results_dir(results_dir).resolve()
     planned = plan_cells(configs, results)
     todo = [p for p in planned if p.problem is not None]
     corrupt = {p.cell_id for p in todo if p.problem != "missing"}
@@ -378,7 +408,7 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
                dynamic_ncols=True) if progress else None
     summary = MatrixSummary(total=len(planned), skipped=len(planned) - len(todo), computed=0,
                             recomputed_corrupt=0, by_other=0, wall_seconds=0.0, results_dir=str(results),
-                            executor=executor)
+                            executor=executor, cell_ids=[p.cell_id for p in planned])
     for p in todo:
         if p.cell_id in corrupt:
             _say(f"rrb: corrupt cell file {store.cell_path(results, p.dataset, p.cell_id)} ({p.problem}); "
@@ -386,11 +416,7 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     if bar is not None:
         bar.update(summary.skipped)
 
-    runner: LocalExecutor | DaskExecutor
-    if executor == "dask":
-        runner = DaskExecutor(results, plugin_paths, scheduler, workers)
-    else:
-        runner = LocalExecutor(results, plugin_paths, progress)
+    runner: LocalExecutor | DaskExecutor | None = None
     by_id = {p.cell_id: p for p in planned}
     waiting: dict[str, CellResult] = {}
 
@@ -410,6 +436,12 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
             bar.set_postfix(computed=summary.computed, waiting=len(waiting), refresh=False)
 
     try:
+        if not todo:  # all done: no cluster to start
+            return _finish(summary, start)
+        if executor == "dask":
+            runner = DaskExecutor(results, plugin_paths, scheduler, workers, threads)
+        else:
+            runner = LocalExecutor(results, plugin_paths, progress, threads)
         for result in runner.run(todo):
             account(result)
         if waiting:
@@ -428,9 +460,14 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
             for result in runner.run(retry):
                 account(result)
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
         if bar is not None:
             bar.close()
+    return _finish(summary, start)
+
+
+def _finish(summary: MatrixSummary, start: float) -> MatrixSummary:
     summary.wall_seconds = time.perf_counter() - start
     return summary
 
@@ -462,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=EXECUTORS, default="local")
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--attacks", type=_csv, default=None)
@@ -472,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
                              results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
                              workers=args.workers, data_root=args.data_root, device=args.device,
-                             plugins=args.plugin, progress=not args.quiet, attacks=args.attacks)
+                             plugins=args.plugin, progress=not args.quiet, attacks=args.attacks,
+                             threads=args.threads)
     except BenchmarkError as exc:
         print(f"rrb: error: {exc}", file=sys.stderr)
         return 2

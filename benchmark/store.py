@@ -104,6 +104,24 @@ def check_results_dir(results_dir: str | os.PathLike, *, create: bool = True) ->
     return path
 
 
+def readable_results_dir(results_dir: str | os.PathLike) -> Path:
+    """An existing results directory to read from (``rrb results``, ``rrb leaderboard``).
+
+    Unlike :func:`check_results_dir` it asks for no write access: a published or read-only
+    store can still be listed and rendered.
+    """
+    path = Path(results_dir)
+    if not path.exists():
+        raise BenchmarkError(f"results directory {str(path)!r} does not exist; pass the directory "
+                             "`rrb run --results` wrote to")
+    if not path.is_dir():
+        raise BenchmarkError(f"results path {str(path)!r} is not a directory; pass the directory "
+                             "`rrb run --results` wrote to")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BenchmarkError(f"results directory {str(path)!r} is not readable")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Types
 

@@ -35,7 +35,9 @@ system every node sees, under the same path::
                results_dir="/shared/rrb-results", data_root="/shared/data")
 
 (or ``rrb run ... --executor dask --scheduler tcp://host:8786`` against a scheduler started by
-hand or by ``SLURMCluster``).
+hand or by ``SLURMCluster``). Workers started that way get Dask's default
+``MALLOC_TRIM_THRESHOLD_=65536``, which slows CPU training (see ``_start_local_cluster``); set
+``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` to ``null`` in their Dask config.
 
 Resume and concurrency. A cell is done when its rows file is valid (see :mod:`benchmark.store`),
 so re-running an interrupted command computes only the missing cells; a corrupt file is reported
@@ -316,7 +318,7 @@ class DaskExecutor:
     def __init__(self, results_dir: Path, plugins: Sequence[str], scheduler: str | None, workers: int | None,
                  threads: int | None = None) -> None:
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client
         except ImportError:
             raise BenchmarkError("executor 'dask' needs dask.distributed: pip install 'dask[distributed]'") from None
         self.results_dir, self.plugins = results_dir, plugins
@@ -333,8 +335,7 @@ class DaskExecutor:
         else:
             if workers is not None and workers < 1:
                 raise BenchmarkError(f"workers must be at least 1, got {workers}")
-            self.cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)
+            self.cluster = _start_local_cluster(workers or 2, self.threads)
             self.client = Client(self.cluster)
         self._submitted = 0
 
@@ -359,7 +360,41 @@ class DaskExecutor:
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            with _environ_kept():
+                self.cluster.close()
+
+
+def _start_local_cluster(workers: int, threads: int) -> Any:
+    """A LocalCluster whose workers run torch at full speed, leaving this process's environment alone.
+
+    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to their workers so that freed memory
+    goes back to the system at once. Training allocates and frees large tensors every step, so
+    with it every step pays page faults and trims again: a smoke cell ran 1.7x slower, most of it
+    system time. The workers here drop it and set the OpenMP/BLAS thread counts to ``threads``.
+    The nannies live in this process and write those variables into ``os.environ`` before
+    spawning; they are put back, so processes this one starts later do not inherit them.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    environ = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "OPENBLAS_NUM_THREADS": threads}
+    with _environ_kept(), dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+class _environ_kept:
+    """Restore ``os.environ`` on exit to what it was on entry (only the keys that changed)."""
+
+    def __enter__(self) -> None:
+        self.saved = dict(os.environ)
+
+    def __exit__(self, *exc: object) -> None:
+        for key in set(os.environ) - set(self.saved):
+            del os.environ[key]
+        for key, value in self.saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 # ---------------------------------------------------------------------------------------------

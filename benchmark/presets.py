@@ -42,8 +42,8 @@ class Preset:
         return asdict(self)
 
 
-SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_queries=64,
-               attack_batch=64, max_train_images=512,
+SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_queries=16,
+               attack_batch=16, max_train_images=512,
                description="seconds per cell; for tests and a first look, numbers not meaningful")
 # quick: sized so the default job (digits, every built-in defense) finishes in minutes on 2 CPU
 # cores. Omniglot's class-disjoint split needs more epochs: natural training with random

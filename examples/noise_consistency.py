@@ -6,8 +6,9 @@ consistency term pulls each noisy embedding toward its clean embedding:
 
     L = triplet(f(x̃_a), f(x̃_p), f(x̃_n)) + weight · mean ‖f(x̃) − f(x)‖₂,   x̃ = clip(x + U(−ε·scale, ε·scale))
 
-Random noise is far weaker than a PGD adversary, so expect an ERS between NT's and the adversarial
-defenses' at nearly NT's training cost. Submit it with:
+Random noise is a far weaker adversary than PGD, yet it is not useless: on digits at the quick preset
+(seed 0, 2 CPU cores) it measured ERS 20.1 and R@1 0.969 in 39 s of training, against NT's ERS 2.4
+(17 s) and ACT's 32.3 (61 s). Submit it with:
 
     rrb submit examples/noise_consistency.py --datasets digits
 """

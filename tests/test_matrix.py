@@ -332,6 +332,28 @@ def test_killed_matrix_resumes_without_recomputing(smoke_run, tmp_path):
     assert not list((results / "cells" / "digits").glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_ends_the_run_cleanly(smoke_run, tmp_path, stop):
+    """SIGTERM (a scheduler's or `kill`'s default) and SIGINT stop a run like Ctrl-C: exit 130, the
+    message, no lock left behind — even when the shell started the process with SIGINT ignored."""
+    results = tmp_path / "results"
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if stop == signal.SIGINT else None
+    proc = subprocess.Popen(matrix_command(results, DEFENSES, SEEDS, ("ca+",)), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ignore_sigint)
+    try:
+        wait_for(lambda: list((results / "cells" / "digits").glob("*.lock")), 180, "the first cell's lock", proc)
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted; finished cells are kept" in err
+    assert "Traceback" not in err
+    assert not list((results / "cells").rglob("*.lock")), "a lock file was left behind"
+    assert all(store.read_cell_file(p).valid for p in cell_paths(results))
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. A corrupt cell file
 

@@ -14,6 +14,7 @@ from .errors import BenchmarkError
 
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
+INTERRUPTED = "rrb: interrupted; finished cells are kept, re-run the same command to resume"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rrb: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rrb: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 

@@ -541,9 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin", action="append", default=[])
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if argv is None:
-        from .cli import handle_stop_signals
+    from .cli import INTERRUPTED, handle_stop_signals
 
+    if argv is None:
         handle_stop_signals()
     try:
         summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rrb: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rrb: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     print(summary.describe())
     return 0

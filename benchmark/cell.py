@@ -28,7 +28,7 @@ from .evaluation import embed_split
 from .models import build_model
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .registry import DEFENSES, MODELS, import_builtins
-from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET
+from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET, training_summary
 from .trainer import TrainHistory, device_name, resolve_device, seed_everything, train_model
 
 CHECKPOINT_FORMAT = 1
@@ -80,9 +80,12 @@ class ResolvedCell:
         self.cell_id = config_hash(self.hash_payload())
 
     def train_payload(self) -> dict[str, Any]:
-        """What decides the trained weights: the checkpoint is keyed by its hash."""
+        """What decides the trained weights: the checkpoint is keyed by its hash. The defense's
+        implementation version (built-ins) or file hash (plugins) is part of it, so a fixed
+        defense gets new cells instead of silently reusing stale ones."""
         return {
             "dataset": self.bundle.name, "model": self.model_name, "defense": self.defense_name,
+            "defense_version": int(getattr(type(self.defense), "version", 1)),
             "defense_params": self.defense.params(), "seed": self.config.seed,
             "preset": self.preset.to_dict(), "train_epsilon": self.profile.train_epsilon,
             "train_alpha": self.profile.train_alpha, "attention_lambda": self.attention_lambda,
@@ -90,8 +93,10 @@ class ResolvedCell:
         }
 
     def hash_payload(self) -> dict[str, Any]:
-        """What decides the cell's rows: training plus the attack profile and suite."""
-        return {**self.train_payload(), "profile": self.profile.to_dict(), "attacks": list(self.attack_names)}
+        """What decides the cell's rows: training plus the attack profile and suite, with each
+        attack's implementation version and, for plugin attacks, the plugin file's hash."""
+        return {**self.train_payload(), "profile": self.profile.to_dict(), "attacks": list(self.attack_names),
+                "attack_implementations": attack_implementations(self.attack_names)}
 
     @property
     def defense_params_json(self) -> str:
@@ -110,6 +115,23 @@ class ResolvedCell:
         return Path(results_dir) / "checkpoints" / self.bundle.name / f"{self.defense_name}-s{self.config.seed}-{self.train_id[:16]}.pt"
 
 
+def attack_implementations(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per attack: its implementation version, its hyper-parameters (as the suite runs it) and, for a
+    plugin, the sha256 of its file. All three decide the numbers, so all three enter the cell id."""
+    from .registry import ATTACKS
+
+    out = {}
+    for name in names:
+        entry = ATTACKS.get(name)
+        try:
+            hyperparameters = {k: str(v) for k, v in entry.obj().hyperparameters().items()}
+        except Exception:  # a plugin attack that cannot be built with defaults fails later, with its own error
+            hyperparameters = {}
+        out[entry.name] = {"version": int(getattr(entry.obj, "version", 1)), "hyperparameters": hyperparameters,
+                           "plugin_hash": entry.source_hash if entry.is_plugin else None}
+    return out
+
+
 def config_hash(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -121,11 +143,12 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
     if config.seed < 0:
         raise BenchmarkError(f"seed must be a non-negative integer, got {config.seed}")
     preset = get_preset(config.preset)
+    # The defense and its parameter ranges are checked before any data is loaded.
+    defense_entry = DEFENSES.get(config.defense)
+    defense = defense_entry.obj.from_params(dict(config.defense_params))
     if bundle is None:
         bundle = load_dataset(config.dataset, data_root=config.data_root)
     model_name = MODELS.canonical(config.model or bundle.default_model)
-    defense_entry = DEFENSES.get(config.defense)
-    defense = defense_entry.obj.from_params(dict(config.defense_params))
     profile = profile_for_input(bundle.input_size) if config.profile in ("auto", "", None) else get_profile(config.profile)
     lam = config.attention_lambda
     if lam is None:
@@ -323,6 +346,7 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
     base = {
         "dataset": cell.bundle.name, "model": cell.model_name, "defense": cell.defense_name,
         "defense_params": cell.defense_params_json, "seed": cell.config.seed, "preset": cell.preset.name,
+        "preset_version": cell.preset.version, "faithful": cell.preset.faithful,
         "profile": cell.profile.name, "profile_version": cell.profile.version,
         "cell_id": cell.cell_id, "entry": cell.entry, "is_plugin": cell.plugin_source is not None,
         "plugin_source": cell.plugin_source or "", "plugin_hash": cell.plugin_hash or "",
@@ -362,6 +386,8 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
             add("score", f"ARS:{key}", value)
         add("score", "ARS", ars_mean(before, after))
     add("score", "WHM", whm(benign["train:R@1"], benign["R@1"]))
+    for key, value in training_summary(trained.history.telemetry).items():
+        add("training", key, value)
 
     frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
     frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})

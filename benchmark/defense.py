@@ -7,7 +7,13 @@ third-party ones subclass :class:`Defense` the same way and register with
 
 Hyper-parameters are dataclass fields of the defense class, with the published defaults; the
 CLI's ``--defense-param name=value`` overrides them (the value is converted to the field's type)
-and ``params()`` records them with the run.
+and ``params()`` records them with the run. A field declared with :func:`param` carries its valid
+range (or choices), checked when the defense is built, before any training: a bad value is one
+clear :class:`BenchmarkError` naming what is accepted.
+
+``version`` is the implementation version of a defense: it enters the cell id, so a change to a
+built-in defense that changes its numbers must bump it (``tests/test_versions.py`` fails when a
+defense's code changes while its version does not).
 """
 
 from __future__ import annotations
@@ -37,10 +43,17 @@ class TrainContext:
     attention_lambda: float  # λ of collapseness (dataset dependent, recorded)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def pgd_config(self, defense_steps: int, *, alpha_scale: float = 1.0) -> PGDConfig:
-        """PGD budget for ``defense_steps`` nominal steps under this preset."""
+    def pgd_config(self, defense_steps: int, *, alpha: float | None = None, alpha_scale: float = 1.0) -> PGDConfig:
+        """PGD budget for ``defense_steps`` nominal steps under this preset.
+
+        ``alpha`` is the defense's own step size where it is not the profile's training α (the
+        TRIDE family: 2ε/16); ``alpha_scale`` multiplies it (the e/E schedule). At a faithful
+        preset (``pgd_divisor == 1``) this is exactly the published budget. A reduced-adversary
+        preset (smoke) divides the steps and multiplies the step size by the same divisor.
+        """
         steps = 0 if defense_steps <= 0 else max(1, defense_steps // self.pgd_divisor)
-        return PGDConfig(self.epsilon, self.alpha * alpha_scale, steps)
+        base = self.alpha if alpha is None else alpha * self.pgd_divisor
+        return PGDConfig(self.epsilon, base * alpha_scale, steps)
 
     @property
     def progress(self) -> float:
@@ -61,6 +74,49 @@ class StepResult:
     extras: dict[str, float] = field(default_factory=dict)  # defense-specific telemetry
 
 
+@dataclass(frozen=True)
+class ParamRange:
+    """The values a defense hyper-parameter accepts: an interval, or a set of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not accepted
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def describe(self, name: str) -> str:
+        if self.choices:
+            return f"{name} in {{{', '.join(str(c) for c in self.choices)}}}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{_num(self.low)} {'<' if self.low_open else '≤'} ")
+        parts.append(name)
+        if self.high is not None:
+            parts.append(f" {'<' if self.high_open else '≤'} {_num(self.high)}")
+        return "".join(parts) if len(parts) > 1 else f"{name}: any finite number"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def param(default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+          high_open: bool = False, choices: tuple[Any, ...] = ()) -> Any:
+    """A defense hyper-parameter with its valid range: ``margin: float = param(0.2, low=0)``."""
+    return field(default=default, metadata={"range": ParamRange(low, high, low_open, high_open, tuple(choices))})
+
+
 @dataclass
 class Defense:
     """Base class of all defenses. Subclasses are dataclasses whose fields are hyper-parameters."""
@@ -69,6 +125,29 @@ class Defense:
     pgd_steps: ClassVar[int] = 0
     # Whether BatchNorm layers train (REFERENCE §4.0: only EST unfreezes them).
     trains_batchnorm: ClassVar[bool] = False
+    # Implementation version: part of the cell id. Bump it with any change that changes numbers.
+    version: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every hyper-parameter against its declared range; one clear error for the first bad one."""
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        for fld in dataclasses.fields(self):
+            spec = fld.metadata.get("range") if fld.metadata else None
+            if spec is None or fld.name.startswith("_"):
+                continue
+            value = getattr(self, fld.name)
+            if not spec.accepts(value):
+                raise BenchmarkError(f"defense {name!r}: {fld.name}={value!r} is not accepted; "
+                                     f"accepted: {spec.describe(fld.name)}")
+
+    @classmethod
+    def param_ranges(cls) -> dict[str, ParamRange]:
+        """Declared ranges by parameter name (parameters without one are absent)."""
+        return {f.name: f.metadata["range"] for f in dataclasses.fields(cls)
+                if f.metadata and "range" in f.metadata and not f.name.startswith("_")}
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:
@@ -102,6 +181,9 @@ def _convert(name: str, value: Any, fld: dataclasses.Field) -> Any:
         return value
     default = fld.default if fld.default is not dataclasses.MISSING else None
     kind = type(default) if default is not None else str
+    spec = fld.metadata.get("range") if fld.metadata else None
+    if isinstance(default, str) and spec is not None and spec.choices:
+        value = value.strip().lower()
     try:
         if kind is bool:
             lowered = value.strip().lower()
@@ -111,9 +193,13 @@ def _convert(name: str, value: Any, fld: dataclasses.Field) -> Any:
         if kind is int:
             return int(value)
         if kind is float:
-            return float(value)
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return number
     except ValueError:
-        raise BenchmarkError(f"parameter {name}={value!r}: expected a {kind.__name__}") from None
+        finite = " (a finite number)" if kind is float else ""
+        raise BenchmarkError(f"parameter {name}={value!r}: expected a {kind.__name__}{finite}") from None
     return value
 
 

@@ -1,7 +1,11 @@
 """Training-state measurements logged every step for every defense (SPEC §6).
 
-* collapseness C: attention-weighted mean d(a,p) minus attention-weighted mean d(a,n), weights
-  ∝ exp(λ (d - max d)) per vector (a soft maximum). C > 0 means the batch is collapsing.
+* collapseness C: attention-weighted mean d(a,p) minus attention-weighted mean d(a,n). The seed
+  paper's weighting (§3.2) puts more weight on samples near their anchors: weights
+  ∝ exp(−λ (d − min d)) per vector, a soft minimum. C > 0 means even the nearest negatives are
+  closer than the nearest positives: the batch is collapsing. The released CA-TRIDE code weights
+  the other way, ∝ exp(+λ (d − max d)) (a soft maximum, REFERENCE §4.4); ``weighting="far"``
+  gives that one, which only ``ca-tride`` uses. The telemetry logs the paper's C.
 * hardness H = mean d(a,p) - mean d(a,n).
 * separability = (mean d(a,n) - mean d(a,p)) / mean pairwise distance.
 * mean embedding distance over all pairs of the batch.
@@ -18,14 +22,25 @@ DEFAULT_LAMBDA_28 = 10.0  # λ for 28x28 data: the CUB value, recorded with ever
 LAMBDA_BY_DATASET = {"cub": 10.0, "cars": 9.5, "sop": 2.0}
 
 
-def attention_mean(values: torch.Tensor, lam: float) -> torch.Tensor:
-    """Σ w_i v_i / Σ w_i with w_i = exp(λ (v_i - max v)); differentiable through the weights."""
-    weights = torch.softmax(lam * values, dim=0)  # softmax is shift-invariant: same weights
+WEIGHTINGS = ("near", "far")
+
+
+def attention_mean(values: torch.Tensor, lam: float, weighting: str = "near") -> torch.Tensor:
+    """Σ w_i v_i / Σ w_i, differentiable through the weights.
+
+    ``near``: w_i = exp(−λ (v_i − min v)), most weight on the smallest distances (seed paper);
+    ``far``: w_i = exp(λ (v_i − max v)), most weight on the largest (released CA-TRIDE code).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    sign = -1.0 if weighting == "near" else 1.0
+    weights = torch.softmax(sign * lam * values, dim=0)  # softmax is shift-invariant: same weights
     return (weights * values).sum()
 
 
-def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> torch.Tensor:
-    return attention_mean(d_ap, lam) - attention_mean(d_an, lam)
+def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float, weighting: str = "near") -> torch.Tensor:
+    """C = attention-weighted mean d(a,p) − attention-weighted mean d(a,n) (see the module docstring)."""
+    return attention_mean(d_ap, lam, weighting) - attention_mean(d_an, lam, weighting)
 
 
 def batch_telemetry(embeddings: torch.Tensor, triplets: Triplets, lam: float) -> dict[str, float]:
@@ -52,3 +67,62 @@ def is_collapsed(separability: list[float], tail_fraction: float = 0.25, thresho
         return False
     tail = separability[-max(1, int(round(len(separability) * tail_fraction))):]
     return float(torch.tensor(tail).median()) <= threshold
+
+
+def training_summary(records: list[dict[str, float]]) -> dict[str, float]:
+    """Per-run numbers stored with a cell's rows (``attack == "training"``).
+
+    For every defense: ``steps``, ``min_separability`` (smoothed over 5 % of the steps, so one
+    noisy batch does not decide it), ``tail_separability`` (the median over the last 25 %, the
+    collapse rule's number) and ``max_collapseness`` / ``positive_collapseness_share`` of the
+    logged (paper) collapseness. For defenses that report them (the COLO-TRIDE family, CA-TRIDE):
+
+    * ``perturbed_share``: steps on which a perturbation was computed at all;
+    * ``colo_attack_share``, ``colo_assist_share``, ``colo_skip_share``: steps that attacked,
+      assisted, or trained on clean images (no perturbation: epoch 0's zero step size, or a
+      collapsed batch while assist is disabled); they add up to 1;
+    * ``colo_acted_share``: steps on which COLO changed the perturbation (assist or skip because
+      the clean batch was collapsing, C > 0); ``would_flip_share``: steps whose clean C > 0, also
+      for the naive ablations, which ignore it; ``clean_collapseness_max``.
+    """
+    if not records:
+        return {}
+
+    def column(key: str) -> torch.Tensor | None:
+        values = [r.get(key) for r in records]
+        if any(v is None for v in values):
+            return None
+        return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+    out: dict[str, float] = {"steps": float(len(records))}
+    separability = column("separability")
+    if separability is not None:
+        window = max(1, len(separability) // 20)
+        smoothed = separability.unfold(0, window, 1).mean(dim=1) if len(separability) >= window else separability
+        out["min_separability"] = float(smoothed.min())
+        tail = separability[-max(1, int(round(len(separability) * 0.25))):]
+        out["tail_separability"] = float(tail.median())
+    collapse = column("collapseness")
+    if collapse is not None:
+        out["max_collapseness"] = float(collapse.max())
+        out["positive_collapseness_share"] = float((collapse > 0).double().mean())
+    perturbed = column("x:perturbed")
+    if perturbed is not None:
+        out["perturbed_share"] = float(perturbed.mean())
+    direction = column("x:direction")
+    if direction is not None and perturbed is not None:
+        moved = perturbed > 0
+        out["colo_attack_share"] = float((moved & (direction > 0)).double().mean())
+        out["colo_assist_share"] = float((moved & (direction < 0)).double().mean())
+        out["colo_skip_share"] = float((~moved).double().mean())
+        out["colo_acted_share"] = float((direction <= 0).double().mean())
+    would_flip = column("x:would_flip")
+    if would_flip is not None:
+        out["would_flip_share"] = float(would_flip.mean())
+    clean_c = column("x:clean_collapseness")
+    if clean_c is not None:
+        out["clean_collapseness_max"] = float(clean_c.max())
+    steps_run = column("x:pgd_steps_run")
+    if steps_run is not None:
+        out["mean_pgd_steps_run"] = float(steps_run.mean())
+    return out

@@ -80,6 +80,15 @@ def top_ranked_term(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float = 0.04
     return torch.relu(closest_half_mean(d_ap) - closest_half_mean(d_an) + margin)
 
 
+def tride_step_size(travel: float, epsilon: float, steps: int) -> float:
+    """The TRIDE family's PGD step α_T, with steps·α_T = travel·ε before the e/E schedule.
+
+    travel = 2 reproduces the reference at 224 (16 steps of 1/255 for ε = 8/255): the ε-ball is
+    reachable from half-way through training.
+    """
+    return travel * epsilon / max(steps, 1)
+
+
 def attention_lambda(parameter: float, ctx: TrainContext) -> float:
     """λ of collapseness: the defense's own value when set (> 0), else the run's (recorded) one."""
     return float(parameter) if parameter and parameter > 0 else float(ctx.attention_lambda)

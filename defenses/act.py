@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext
+from benchmark.defense import Defense, StepResult, TrainContext, param
 from benchmark.losses import mine_random, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
 
@@ -21,9 +21,10 @@ class AntiCollapseTriplet(Defense):
     embeddings collapse onto each other; the loss is the triplet loss with the clean anchor.
     No benign term."""
 
-    margin: float = 0.2
+    margin: float = param(0.2, low=0)
 
     pgd_steps: ClassVar[int] = 32
+    version: ClassVar[int] = 1
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext
+from benchmark.defense import Defense, StepResult, TrainContext, param
 from benchmark.losses import mine_random, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
 
@@ -23,19 +23,21 @@ class EmbeddingShiftedTriplet(Defense):
     The only defense that trains BatchNorm layers (RobRank's ``rres18d`` sets ``is_advtrain``).
     """
 
-    margin: float = 0.2
-    # Size of the uniform noise added to the clean reference embedding so that the distance
-    # being maximised is not exactly zero at the first step (REFERENCE §4.1, 1e-7).
-    reference_noise: float = 1e-7
+    margin: float = param(0.2, low=0)
+    # Size of the noise added to the clean reference embedding so that the distance being
+    # maximised is not exactly zero at the first step: 1e-7 · {−1, 0, +1} per coordinate, as
+    # RobRank's training-time embedding shift (REFERENCE §4.1).
+    reference_noise: float = param(1e-7, low=0)
 
     pgd_steps: ClassVar[int] = 32
     trains_batchnorm: ClassVar[bool] = True
+    version: ClassVar[int] = 1
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:
         clean = clean_embeddings(model, images)
-        noise = torch.rand(clean.shape, generator=ctx.generator).to(clean.device)
-        reference = clean + (2 * noise - 1) * self.reference_noise
+        noise = torch.randint(-1, 2, clean.shape, generator=ctx.generator).to(clean.device, clean.dtype)
+        reference = clean + noise * self.reference_noise
 
         def shift_loss(x: torch.Tensor) -> torch.Tensor:
             return -row_distance(model(x), reference).mean()

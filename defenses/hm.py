@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext
+from benchmark.defense import Defense, StepResult, TrainContext, param
 from benchmark.losses import mine_softhard, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
 
@@ -42,14 +42,15 @@ class HardnessManipulation(Defense):
     same test, |ℓ_t − ℓ_{t−1}| < 1e-7 after an update, evaluated by the shared PGD loop.
     """
 
-    margin: float = 0.2
-    gamma: float = 0.2  # destination scale γ of the gradual adversary
-    clip: float = 0.2  # u: the previous loss is clipped to [0, u] and divided by u
-    ics: bool = True
-    ics_weight: float = 0.5  # λ of the ICS term (0.05 in the paper on SOP)
-    plateau_tolerance: float = 1e-7
+    margin: float = param(0.2, low=0)
+    gamma: float = param(0.2, low=0)  # destination scale γ of the gradual adversary
+    clip: float = param(0.2, low=0, low_open=True)  # u: the previous loss is clipped to [0, u] and divided by u
+    ics: bool = param(True, choices=(True, False))
+    ics_weight: float = param(0.5, low=0)  # λ of the ICS term (0.05 in the paper on SOP)
+    plateau_tolerance: float = param(1e-7, low=0)
 
     pgd_steps: ClassVar[int] = 32
+    version: ClassVar[int] = 1
 
     # Adversarial triplet loss of the previous step (without ICS), for the gradual destination.
     _previous_loss: float = field(default=INITIAL_PREVIOUS_LOSS, init=False, repr=False)
@@ -112,4 +113,4 @@ class HardnessManipulation(Defense):
 class HardnessManipulationNoICS(HardnessManipulation):
     """HM[S, g_LGA] without the intra-class structure term."""
 
-    ics: bool = False
+    ics: bool = param(False, choices=(True, False))

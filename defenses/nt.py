@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext
+from benchmark.defense import Defense, StepResult, TrainContext, param
 from benchmark.losses import mine_random, triplet_loss
 from benchmark.registry import DEFENSES
 
@@ -18,9 +18,10 @@ from benchmark.registry import DEFENSES
 class NaturalTraining(Defense):
     """Triplet loss on the clean batch; negatives uniform among other labels (``ptripletN``)."""
 
-    margin: float = 0.2
+    margin: float = param(0.2, low=0)
 
     pgd_steps: ClassVar[int] = 0
+    version: ClassVar[int] = 1
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:

@@ -42,6 +42,8 @@ def test_list_shows_every_kind_with_descriptions(capsys):
     (["train", "--defense", "ga", "--defense-param", "nosuch=1"], "nosuch"),
     (["train", "--defense", "ga", "--defense-param", "epsilon=abc"], "epsilon"),
     (["attack", "--attacks", "ca+,nosuch"], "known attacks"),
+    (["train", "--defense", "hm", "--defense-param", "margin=-5"], "accepted: 0 ≤ margin"),
+    (["train", "--defense", "colo-tride", "--defense-param", "phases=both"], "alternate, cap, anp, joint"),
     (["list", "nosuch"], "invalid choice"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, tmp_path, argv, needle):
@@ -89,3 +91,14 @@ def test_defense_params_change_the_checkpoint_key(capsys, tmp_path):
     assert run_cli(capsys, *base)[0] == 0
     assert run_cli(capsys, *base, "--defense-param", "gamma=0.05")[0] == 0
     assert len(list((tmp_path / "checkpoints" / "digits").glob("ga-s0-*.pt"))) == 2
+
+
+def test_an_out_of_range_parameter_fails_before_training(tmp_path):
+    """The range is checked before any data is loaded or any step is trained: nothing is written."""
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "train", "--dataset", "digits", "--defense", "hm",
+                           "--defense-param", "margin=-5", "--results", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "rrb: error: defense 'hm': margin=-5.0 is not accepted; accepted: 0 ≤ margin"]
+    assert not (tmp_path / "r").exists()

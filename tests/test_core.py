@@ -110,13 +110,20 @@ def test_semihard_miner_picks_semihard_negatives_when_they_exist():
         assert int(t.negative[0]) in (2, 3)
 
 
-def test_collapseness_is_soft_max_difference():
+def test_collapseness_weights_samples_near_anchors_and_ca_tride_far_ones():
     d_ap = torch.tensor([0.1, 0.2, 1.0])
     d_an = torch.tensor([0.5, 0.5, 0.5])
-    assert attention_mean(d_ap, 0.0) == pytest.approx(d_ap.mean().item())
-    assert attention_mean(d_ap, 1000.0) == pytest.approx(1.0, abs=1e-4)
-    assert collapseness(d_ap, d_an, 1000.0) == pytest.approx(0.5, abs=1e-3)
-    assert collapseness(d_ap, d_an, 1000.0) > 0 > collapseness(d_ap * 0.1, d_an, 1000.0)
+    for weighting in ("near", "far"):
+        assert attention_mean(d_ap, 0.0, weighting) == pytest.approx(d_ap.mean().item())
+    # The seed paper (§3.2): most weight on the samples closest to their anchors (a soft minimum).
+    assert attention_mean(d_ap, 1000.0) == pytest.approx(0.1, abs=1e-4)
+    assert attention_mean(d_ap, 10.0) < d_ap.mean() < attention_mean(d_ap, 10.0, "far")
+    assert collapseness(d_ap, d_an, 1000.0) == pytest.approx(-0.4, abs=1e-3)
+    assert collapseness(d_ap + 0.5, d_an, 1000.0) > 0 > collapseness(d_ap, d_an, 1000.0)
+    # The released CA-TRIDE code (REFERENCE §4.4): a soft maximum, the farthest samples first.
+    assert attention_mean(d_ap, 1000.0, "far") == pytest.approx(1.0, abs=1e-4)
+    assert collapseness(d_ap, d_an, 1000.0, "far") == pytest.approx(0.5, abs=1e-3)
+    assert collapseness(d_ap, d_an, 1000.0, "far") > 0 > collapseness(d_ap * 0.1, d_an, 1000.0, "far")
     emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     emb = torch.nn.functional.normalize(emb, dim=1)
     tel = batch_telemetry(emb, Triplets(torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([2, 0])), 10.0)

@@ -156,7 +156,8 @@ def test_training_step_gives_finite_loss_gradients_and_valid_perturbations(name:
 
 def test_declared_budgets_and_batchnorm() -> None:
     expected = {"nt": 0, "ga": 0, "est": 32, "act": 32, "hm": 32, "hm-noics": 32, "colo-tride": 16,
-                "naive-tride": 16, "colo-cap": 16, "colo-anp": 16, "ca-tride": 16}
+                "naive-tride": 16, "colo-cap": 16, "colo-anp": 16, "ca-tride": 16, "naive-cap": 16,
+                "naive-anp": 16, "naive-at": 16}
     for name, steps in expected.items():
         defense = DEFENSES.get(name).obj()
         assert defense_pgd_steps(defense) == steps, name
@@ -355,8 +356,8 @@ def _collapseness_after(model: nn.Module, images: torch.Tensor, triplets: Triple
             anchor = clean[triplets.anchor]
         else:
             anchor, positive, negative = model(result.perturbed), clean[triplets.positive], clean[triplets.negative]
-        before = collapseness(*triplet_distances(clean, triplets), 10.0)
-        after = collapseness(row_distance(anchor, positive), row_distance(anchor, negative), 10.0)
+        before = collapseness(*triplet_distances(clean, triplets), 10.0, weighting="far")  # CA-TRIDE's own C
+        after = collapseness(row_distance(anchor, positive), row_distance(anchor, negative), 10.0, weighting="far")
     return float(before), float(after)
 
 
@@ -402,3 +403,105 @@ def test_ga_terms_change_the_gradient_and_vanish_at_zero() -> None:
     assert result.extras["eps_weight"] == pytest.approx(EPSILON) and result.extras["input_gradient_l1"] > 0
     assert float(result.loss.detach()) == pytest.approx(
         result.extras["triplet_loss"] + EPSILON * result.extras["input_gradient_l1"], rel=1e-5)
+
+
+# -- fidelity fixes (issue: faithful protocol) -------------------------------------------------------
+
+def _one_step_budget(name: str, ctx: TrainContext) -> tuple[int, float]:
+    """(PGD steps, step size) a TRIDE-family defense uses for one step, read from the PGD config it builds."""
+    seen = {}
+    import defenses._common as common
+
+    real = common.pgd
+
+    def spy(images, loss_fn, config, **kwargs):
+        seen["config"] = config
+        return real(images, loss_fn, config, **kwargs)
+
+    common.pgd = spy
+    try:
+        images, labels = geometry_batch([False] * PAIRS)
+        DEFENSES.get(name).obj().training_step(IdentityEmbedding(), images, labels, ctx)
+    finally:
+        common.pgd = real
+    return seen["config"].steps, seen["config"].alpha
+
+
+@pytest.mark.parametrize("name", ["colo-tride", "ca-tride", "naive-tride", "colo-cap", "colo-anp", "naive-at"])
+def test_tride_step_size_reaches_epsilon_from_half_way(name: str) -> None:
+    """16 steps of α_T·e/E with 16·α_T = 2ε: ε is reachable once e/E ≥ 1/2 (the reference at 224).
+    The old step (the profile's α = 3/255 at rob28) capped the travel at 0.62 ε."""
+    epsilon = 77 / 255
+    steps, alpha = _one_step_budget(name, make_ctx(epoch=2, num_epochs=4, epsilon=epsilon, alpha=3 / 255))
+    assert steps == 16
+    assert alpha == pytest.approx(2 * epsilon / 16 * 0.5)
+    assert steps * alpha == pytest.approx(epsilon)  # exactly ε at half-way
+    # A reduced-adversary preset divides the steps and multiplies the step, keeping the travel.
+    steps, alpha = _one_step_budget(name, make_ctx(epoch=2, num_epochs=4, epsilon=epsilon, alpha=3 / 255, divisor=16))
+    assert steps == 1 and steps * alpha == pytest.approx(epsilon)
+
+
+def test_faithful_budgets_are_the_published_ones() -> None:
+    """At a faithful preset (divisor 1) every PGD defense runs its own steps with the profile's α."""
+    ctx = make_ctx(epsilon=77 / 255, alpha=3 / 255)
+    for name in ("est", "act", "hm"):
+        config = ctx.pgd_config(DEFENSES.get(name).obj.pgd_steps)
+        assert (config.steps, config.alpha, config.epsilon) == (32, 3 / 255, 77 / 255), name
+
+
+def test_colo_collapseness_weights_near_anchors() -> None:
+    """COLO-TRIDE's C is the paper's: a batch whose nearest positives are far closer than its nearest
+    negatives is not collapsing, even if its farthest positive is farther than every negative.
+    The released weighting (far samples first) calls the same batch collapsed."""
+    images, labels = geometry_batch([True] + [False] * (PAIRS - 1))  # one antipodal positive, seven close ones
+    model = IdentityEmbedding()
+    result = DEFENSES.get("colo-cap").obj().training_step(model, images, labels, make_ctx())
+    assert result.extras["clean_collapseness"] < 0 and result.extras["direction"] == 1.0
+    ca = DEFENSES.get("ca-tride").obj().training_step(model, images, labels, make_ctx())
+    assert ca.extras["clean_collapseness"] > 0
+
+
+def test_anp_top_ranked_term_is_measured_from_the_original_anchors() -> None:
+    """Eq. 12: relu(T_an − S_aa) with S_aa the distance to the original, unperturbed anchor. An anchor
+    already as far from its origin as from its nearest negatives gets no pull; one at its origin does."""
+    from defenses.colo_tride import anchor_top_ranked_term
+
+    original = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0]]), dim=1)
+    negative = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0, 0.0]]), dim=1)
+    at_origin = original.clone().requires_grad_(True)
+    term = anchor_top_ranked_term(at_origin, original, negative)
+    assert float(term.detach()) == pytest.approx(2 ** 0.5, abs=1e-5)  # T_an = √2, S_aa = 0
+    moved = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=1)  # √2 from both
+    assert float(anchor_top_ranked_term(moved, original, negative)) == pytest.approx(0.0, abs=1e-5)
+    # The old term (mean distance to the closest negatives alone) would still pull the moved anchor.
+    assert float(row_distance(moved, negative).mean()) > 1.0
+
+
+def test_ga_input_gradient_term_is_the_batch_sum() -> None:
+    """GA writes ε‖∂L/∂x‖₁ for the whole batch: the sum over images, 2B times the per-image mean."""
+    torch.manual_seed(0)
+    model, (images, labels) = TinyConvNet(), digits_batch()
+    ga = DEFENSES.get("ga").obj
+    summed = ga(gamma=0.0).training_step(model, images, labels, make_ctx(seed=1)).extras["input_gradient_l1"]
+    mean = ga(gamma=0.0, reduction="mean").training_step(model, images, labels,
+                                                         make_ctx(seed=1)).extras["input_gradient_l1"]
+    assert summed == pytest.approx(mean * len(images), rel=1e-5)
+
+
+@pytest.mark.parametrize("name, param, value, accepted", [
+    ("hm", "margin", "-5", "margin"), ("hm", "ics_weight", "-1", "0 ≤ ics_weight"),
+    ("colo-tride", "assist_warmup", "1.5", "assist_warmup ≤ 1"), ("colo-tride", "travel", "0", "0 < travel"),
+    ("ga", "reduction", "median", "sum, mean"), ("act", "margin", "nan", "float"),
+    ("ca-tride", "attention_lambda", "-2", "0 ≤ attention_lambda"),
+])
+def test_parameters_outside_their_range_are_one_clear_error(name, param, value, accepted) -> None:
+    with pytest.raises(BenchmarkError, match=accepted) as info:
+        DEFENSES.get(name).obj.from_params({param: value})
+    assert param in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_builtin_parameter_declares_its_range() -> None:
+    for name in builtin_names():
+        cls = DEFENSES.get(name).obj
+        public = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+        assert set(public) == set(cls.param_ranges()), name

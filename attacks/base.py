@@ -168,6 +168,9 @@ class Attack:
     perturbs: ClassVar[str] = "query"
     metrics: ClassVar[tuple[str, ...]] = ()
     registry_name: ClassVar[str]
+    # Implementation version: part of the cell id. Bump it with any change that changes numbers
+    # (tests/test_versions.py fails when a built-in's code changes while its version does not).
+    version: ClassVar[int] = 1
 
     @property
     def name(self) -> str:

@@ -234,6 +234,11 @@ def _check_results_dir(path: str, *, create: bool = True) -> Path:
     return results
 
 
+def _preset_text(preset) -> str:
+    name = preset.name if preset.version == 1 else f"{preset.name} v{preset.version}"
+    return name if preset.faithful else f"{name} (REDUCED training adversary: a test, not a ranking)"
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
@@ -246,7 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cell = resolve(_cell_config(args))
     results = _check_results_dir(args.results)
     print(f"train {cell.entry} on {cell.bundle.name} ({len(cell.bundle.train)} train / {len(cell.bundle.test)} test "
-          f"images), model {cell.model_name}, preset {cell.preset.name}, seed {cell.config.seed}, "
+          f"images), model {cell.model_name}, preset {_preset_text(cell.preset)}, seed {cell.config.seed}, "
           f"device {cell.device}", file=sys.stderr)
     trained = train_or_load(cell, results, progress=not args.quiet, retrain=args.retrain)
     gallery = embed_split(trained.model, cell.bundle.test, device=cell.device)
@@ -280,7 +285,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             command.append(f"--results {args.results}")
         raise BenchmarkError(f"no trained model for this cell at {path}; train it first: {' '.join(command)}")
     print(f"attack {cell.entry} on {cell.bundle.name}: profile {cell.profile.id} (eps {cell.profile.epsilon:.4f}, "
-          f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {cell.preset.name}", file=sys.stderr)
+          f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {_preset_text(cell.preset)}", file=sys.stderr)
     out = evaluate_cell(cell, trained, progress=not args.quiet)
     rows = out.rows
     adversarial = rows[rows["variant"] == "adversarial"]

@@ -10,6 +10,9 @@ share ``cell_id`` (the config hash) and every run-key, timing and provenance col
   ``"ES:D"``, ``"ES:R"``); ``variant`` is ``"adversarial"`` (after the attack) or ``"clean"``
   (the same measurement with the same selections on clean inputs: ARS's "before").
 * ``"score"``: metric in ERS, ARS (averaged), ``ARS:<key>`` per attack, WHM.
+* ``"training"``: per-run numbers from the training telemetry (``telemetry.training_summary``):
+  steps, minimum and tail separability, collapseness, and for the COLO-TRIDE family and CA-TRIDE
+  the share of steps that attacked, assisted or skipped.
 Fractions are stored as fractions (benign metrics in [0, 1]); attack values in the units of
 ``attacks`` (percent for ranks and recalls, cosine for TMA, L2 for ES:D); scores 0–100 (WHM in
 [0, 1] like R@1).
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 RUN_KEY_COLUMNS = [
     "dataset", "model", "defense", "defense_params",  # defense_params: JSON, sorted keys
-    "seed", "preset", "profile", "profile_version",
+    "seed", "preset", "preset_version", "profile", "profile_version",
 ]
 ROW_COLUMNS = ["attack", "metric", "variant", "value"]
 CELL_COLUMNS = [
@@ -31,6 +34,7 @@ CELL_COLUMNS = [
     "attack_plugin",  # True for rows of a plugin attack: shown as extra columns, never in ERS/ARS
     "epsilon", "alpha", "attack_steps",  # attack profile numbers
     "train_pgd_steps",  # PGD steps per training batch actually run
+    "faithful",  # True when the preset ran every defense's own published adversary (ranked boards only)
     "epochs", "batch_pairs", "attack_queries", "attention_lambda",
     "collapsed",
     "train_seconds", "seconds_per_epoch", "attack_seconds", "queries_per_second", "eval_seconds",
@@ -43,11 +47,11 @@ ALL_COLUMNS = RUN_KEY_COLUMNS + ROW_COLUMNS + CELL_COLUMNS + PROVENANCE_COLUMNS
 
 COLUMN_TYPES = {
     "dataset": "string", "model": "string", "defense": "string", "defense_params": "string",
-    "seed": "int64", "preset": "string", "profile": "string", "profile_version": "int64",
+    "seed": "int64", "preset": "string", "preset_version": "int64", "profile": "string", "profile_version": "int64",
     "attack": "string", "metric": "string", "variant": "string", "value": "float64",
     "cell_id": "string", "entry": "string", "is_plugin": "bool", "plugin_source": "string",
     "plugin_hash": "string", "attack_plugin": "bool",
-    "epsilon": "float64", "alpha": "float64", "attack_steps": "int64", "train_pgd_steps": "int64",
+    "epsilon": "float64", "alpha": "float64", "attack_steps": "int64", "train_pgd_steps": "int64", "faithful": "bool",
     "epochs": "int64", "batch_pairs": "int64", "attack_queries": "int64", "attention_lambda": "float64",
     "collapsed": "bool", "train_seconds": "float64", "seconds_per_epoch": "float64",
     "attack_seconds": "float64", "queries_per_second": "float64", "eval_seconds": "float64",

@@ -42,7 +42,8 @@ from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+# 2: rows carry preset_version and faithful, and a cell id hashes the implementation versions.
+STORE_FORMAT = 2
 MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"
@@ -254,7 +255,8 @@ def read_cell_file(path: str | os.PathLike) -> CellFile:
     except ValueError:
         return CellFile(path, None, "unreadable completeness marker")
     if marker.get("format") != STORE_FORMAT:
-        return CellFile(path, None, f"store format {marker.get('format')!r}, expected {STORE_FORMAT}")
+        return CellFile(path, None, f"store format {marker.get('format')!r}, expected {STORE_FORMAT} "
+                                    "(written by another rrb version; its cell is computed afresh)")
     if marker.get("cell_id") != cell_id:
         return CellFile(path, None, f"marker names cell {marker.get('cell_id')!r}, file name says {cell_id!r}")
     missing = [c for c in ALL_COLUMNS if c not in table.column_names]
@@ -333,12 +335,14 @@ SUMMARY_KEYS = ["dataset", "preset", "profile", "entry", "seed"]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, preset, profile, entry, seed): R@1, ERS, ARS, WHM and train seconds."""
-    columns = SUMMARY_KEYS + [label for _, _, label in SUMMARY_METRICS] + ["train_s", "cell_id"]
+    """One row per (dataset, preset, profile, entry, seed): R@1, ERS, ARS, WHM, train seconds and the
+    training PGD steps per batch actually run (each defense's own count at a faithful preset)."""
+    columns = SUMMARY_KEYS + [label for _, _, label in SUMMARY_METRICS] + ["train_s", "pgd_steps", "cell_id"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     keys = SUMMARY_KEYS + ["cell_id"]
-    out = df.groupby(keys, sort=True, observed=True).agg(train_s=("train_seconds", "first")).reset_index()
+    out = df.groupby(keys, sort=True, observed=True).agg(train_s=("train_seconds", "first"),
+                                                          pgd_steps=("train_pgd_steps", "first")).reset_index()
     for attack, metric, label in SUMMARY_METRICS:
         picked = df[(df["attack"] == attack) & (df["metric"] == metric)]
         values = picked.groupby("cell_id", observed=True)["value"].first().rename(label)

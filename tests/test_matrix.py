@@ -55,8 +55,18 @@ ARROW_TYPES = {"string": (pa.string(), pa.large_string()), "int64": (pa.int64(),
 # Helpers
 
 
+TRAINING_METRICS = {"steps", "min_separability", "tail_separability", "max_collapseness",
+                    "positive_collapseness_share"}
+
+
+def without_training(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows :func:`expected_rows_per_cell` counts (the ``training`` rows are checked on their own)."""
+    return df[df["attack"] != "training"]
+
+
 def expected_rows_per_cell(attacks: tuple[str, ...]) -> int:
-    """Rows one cell must have, from the rules of cell.evaluate_cell (not from its output).
+    """Rows one cell must have besides its ``training`` rows, from the rules of cell.evaluate_cell
+    (not from its output).
 
     Every benign metric once; each metric of each attack twice (adversarial and clean); WHM
     always; ERS only when every ERS key was measured; per-attack ARS plus averaged ARS only when
@@ -93,9 +103,11 @@ def assert_store_consistent(results: Path, n_cells: int, attacks: tuple[str, ...
     assert all(store.read_cell_file(p).valid for p in paths)
     assert not list((results / "cells").rglob("*.lock")), "a lock file was left behind"
     df = store.load_results(results)
-    sizes = df.groupby("cell_id").size()
+    sizes = without_training(df).groupby("cell_id").size()
     assert len(sizes) == n_cells
     assert (sizes == expected_rows_per_cell(attacks)).all(), sizes.to_dict()
+    training = df[df["attack"] == "training"].groupby("cell_id")["metric"].apply(set)
+    assert len(training) == n_cells and all(TRAINING_METRICS <= metrics for metrics in training)
     assert not df.duplicated(ROW_KEY).any()
     return df
 
@@ -165,8 +177,12 @@ def test_smoke_matrix_rows_types_provenance_files(smoke_run):
 
     per_cell = expected_rows_per_cell(SMOKE_ATTACKS)
     assert per_cell == 7 + 2 * 2 + 1  # benign + CA+/QA+ x (adversarial, clean) + WHM (no ERS/ARS: suite incomplete)
-    assert len(df) == 4 * per_cell
-    assert (df.groupby("cell_id").size() == per_cell).all()
+    assert len(without_training(df)) == 4 * per_cell
+    assert (without_training(df).groupby("cell_id").size() == per_cell).all()
+    training = df[df["attack"] == "training"]
+    assert all(TRAINING_METRICS <= set(group) for _, group in training.groupby("cell_id")["metric"])
+    steps = training[training["metric"] == "steps"]
+    assert (steps["value"] > 0).all() and set(training["variant"]) == {""}
     assert set(zip(df["entry"], df["seed"])) == {(d, s) for d in DEFENSES for s in SEEDS}
     assert set(df["preset"]) == {"smoke"} and set(df["profile"]) == {"rob28"} and set(df["model"]) == {"c2f2"}
     assert not df.duplicated(ROW_KEY).any()
@@ -232,14 +248,14 @@ def test_whole_suite_cell_reuses_checkpoint_and_scores(smoke_run, tmp_path):
     assert summary.computed == 1
     suite = default_attack_names()
     df = assert_store_consistent(results, 1, suite)
-    assert len(df) == expected_rows_per_cell(suite) == 7 + 2 * 10 + 1 + 1 + len(ARS_KEYS) + 1
+    assert len(without_training(df)) == expected_rows_per_cell(suite) == 7 + 2 * 10 + 1 + 1 + len(ARS_KEYS) + 1
 
     scores = df[df["attack"] == "score"].set_index("metric")["value"]
     assert set(scores.index) == {"ERS", "ARS", "WHM"} | {f"ARS:{k}" for k in ARS_KEYS}
     adversarial = df[df["variant"] == "adversarial"].set_index("metric")["value"]
     assert scores["ERS"] == pytest.approx(ers(adversarial.to_dict()))
     assert scores["ARS"] == pytest.approx(sum(scores[f"ARS:{k}"] for k in ARS_KEYS) / len(ARS_KEYS))
-    assert set(df["attack"]) == {"benign", "score", *suite}
+    assert set(df["attack"]) == {"benign", "score", "training", *suite}
 
     # Same trained weights as the shared matrix's nt seed 0 (a different cell: another attack suite).
     before = smoke_run.rows[(smoke_run.rows["entry"] == "nt") & (smoke_run.rows["seed"] == 0)]
@@ -514,12 +530,13 @@ def test_cli_run_results_leaderboard(smoke_run, tmp_path, capsys):
 
     assert main(["results", "--results", str(results), "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert list(frame.columns) == ALL_COLUMNS and len(frame) == per_cell
-    assert set(frame["attack"]) == {"benign", "ca+", "ca-", "score"} and set(frame["entry"]) == {"nt"}
+    assert list(frame.columns) == ALL_COLUMNS and len(without_training(frame)) == per_cell
+    assert set(frame["attack"]) == {"benign", "ca+", "ca-", "score", "training"} and set(frame["entry"]) == {"nt"}
 
     assert main(["results", "--results", str(results), "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert len(records) == per_cell and set(records[0]) == set(ALL_COLUMNS)
+    assert len([r for r in records if r["attack"] != "training"]) == per_cell
+    assert set(records[0]) == set(ALL_COLUMNS)
 
     out = tmp_path / "reports"
     assert main(["leaderboard", "--results", str(results), "--out", str(out)]) == 0

@@ -31,12 +31,16 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from .errors import BenchmarkError
+from .replication import ACTIVITY_COLUMNS, ActivityRow, Replication, colo_activity, replication
 from .schema import ALL_COLUMNS
 from .scores import ERS_KEYS, ERS_TERMS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 STATIC_DIR = PACKAGE_DIR / "static"
+
+# Row groups that are not attacks (``attack`` column values).
+NON_ATTACK_GROUPS = ("benign", "score", "training")
 
 # Rows the leaderboard cannot be built without; the other schema columns are optional extras.
 REQUIRED_COLUMNS = ("dataset", "preset", "profile", "entry", "seed", "cell_id", "attack", "metric", "value")
@@ -100,15 +104,22 @@ class BoardKey:
     preset: str
     profile: str
     profile_version: int
+    preset_version: int = 1
 
     @property
     def profile_id(self) -> str:
         return f"{self.profile}-v{self.profile_version}"
 
     @property
+    def preset_id(self) -> str:
+        """``quick v2``; version 1 is shown as the bare name."""
+        return self.preset if self.preset_version == 1 else f"{self.preset} v{self.preset_version}"
+
+    @property
     def slug(self) -> str:
         """File stem: only ``[a-z0-9.-]`` so it is safe as a path and as a Markdown link target."""
-        raw = f"{self.dataset}-{self.preset}-{self.profile_id}"
+        preset = self.preset if self.preset_version == 1 else f"{self.preset}-v{self.preset_version}"
+        raw = f"{self.dataset}-{preset}-{self.profile_id}"
         return re.sub(r"[^a-z0-9.]+", "-", raw.lower()).strip("-.") or "board"
 
 
@@ -137,10 +148,25 @@ class Board:
     figures: list[Figure] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     split_description: str = ""
+    faithful: bool = True  # every row trained with the defenses' own published adversaries
+    replication: Replication | None = None
+    activity: list[ActivityRow] = field(default_factory=list)
+    activity_columns: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
-        return f"{self.key.dataset} · {self.key.preset} · {self.key.profile_id}"
+        return f"{self.key.dataset} · {self.key.preset_id} · {self.key.profile_id}"
+
+    @property
+    def not_a_ranking(self) -> str:
+        """The warning the page opens with when its rows are not a ranking ("" when they are)."""
+        if self.faithful:
+            return ""
+        return ("NOT A RANKING. These models were trained with a reduced adversary (the preset divides each "
+                "defense's training PGD steps and multiplies the step size, which turns a 32-step PGD "
+                "adversary into one or two FGSM-like steps), or the rows do not record their training "
+                "adversary. The numbers test the pipeline; they do not measure the published defenses. "
+                "Ranked boards come from a faithful preset (quick v2 or paper).")
 
     @property
     def plugin_entries(self) -> list[str]:
@@ -163,26 +189,33 @@ def _check_frame(results: pd.DataFrame) -> pd.DataFrame:
         raise BenchmarkError("the results store is empty: nothing to render (run a matrix first, e.g. `rrb run`)")
     frame = results.copy()
     defaults: dict[str, Any] = {"profile_version": 1, "variant": "", "attack_plugin": False, "is_plugin": False,
-                                "plugin_hash": "", "defense_params": "{}", "collapsed": False}
+                                "plugin_hash": "", "defense_params": "{}", "collapsed": False,
+                                "preset_version": 1, "faithful": False}
     for column, default in defaults.items():
         if column not in frame.columns:
             frame[column] = default
     frame["variant"] = frame["variant"].fillna("").astype(str)
     frame["attack_plugin"] = frame["attack_plugin"].fillna(False).astype(bool)
     frame["profile_version"] = frame["profile_version"].fillna(1).astype(int)
+    frame["preset_version"] = frame["preset_version"].fillna(1).astype(int)
+    frame["faithful"] = frame["faithful"].fillna(False).astype(bool)
     return frame
 
 
 def board_keys(results: pd.DataFrame) -> list[BoardKey]:
-    """The (dataset, preset, profile, version) combinations present in ``results``, sorted."""
+    """The (dataset, preset + version, profile + version) combinations present in ``results``, sorted.
+
+    Preset versions are kept apart: a retired preset's rows never share a board with its successor's.
+    """
     frame = _check_frame(results)
-    combos = frame[["dataset", "preset", "profile", "profile_version"]].drop_duplicates()
-    keys = [BoardKey(str(d), str(p), str(pr), int(v)) for d, p, pr, v in combos.itertuples(index=False)]
-    return sorted(keys, key=lambda k: (k.dataset, k.preset, k.profile, k.profile_version))
+    combos = frame[["dataset", "preset", "profile", "profile_version", "preset_version"]].drop_duplicates()
+    keys = [BoardKey(str(d), str(p), str(pr), int(v), int(pv)) for d, p, pr, v, pv in combos.itertuples(index=False)]
+    return sorted(keys, key=lambda k: (k.dataset, k.preset, k.preset_version, k.profile, k.profile_version))
 
 
 def _board_rows(frame: pd.DataFrame, key: BoardKey) -> pd.DataFrame:
     mask = ((frame["dataset"] == key.dataset) & (frame["preset"] == key.preset)
+            & (frame["preset_version"] == key.preset_version)
             & (frame["profile"] == key.profile) & (frame["profile_version"] == key.profile_version))
     return frame[mask]
 
@@ -219,14 +252,17 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     benign = rows[rows["attack"] == "benign"]
     scores = rows[rows["attack"] == "score"]
-    attack_rows = rows[~rows["attack"].isin(["benign", "score"])]
+    training = rows[rows["attack"] == "training"]
+    attack_rows = rows[~rows["attack"].isin(NON_ATTACK_GROUPS)]
     adversarial = attack_rows[attack_rows["variant"] == "adversarial"]
     builtin = adversarial[~adversarial["attack_plugin"] & adversarial["metric"].isin(ERS_KEYS)]
     plugin = adversarial[adversarial["attack_plugin"]]
     plugin_labels = _plugin_attack_labels(plugin)
     plugin_series = pd.Series([plugin_labels[(str(a), str(m))] for a, m in zip(plugin["attack"], plugin["metric"])],
                               index=plugin.index, dtype=object)
-    parts = [pivot(benign), pivot(builtin), pivot(plugin, plugin_series), pivot(scores)]
+    training_labels = "training:" + training["metric"].astype(str)
+    parts = [pivot(benign), pivot(builtin), pivot(plugin, plugin_series), pivot(scores),
+             pivot(training, training_labels)]
     for part in parts:
         table = table.join(part, how="left", rsuffix="_dup")
     # Attack time: each attack's seconds are repeated on its metric rows, so count each attack once.
@@ -240,8 +276,14 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def leaderboard_columns(plugin_columns: Sequence[str] = ()) -> list[Column]:
-    """The numeric columns in page order (Entry, Seeds, Collapsed and Kind are added around them)."""
+    """The numeric columns in page order (Entry, Seeds, Collapsed and Kind are added around them).
+
+    Headline first: ERS (the ranking key), ARS and R@1 right after the entry name; then the other
+    benign metrics, the raw attack values, plugin attacks, WHM and the cost columns.
+    """
     columns = [
+        Column("ERS", "ERS", 1, 1.0, "Empirical Robustness Score, 0–100 (the ranking key)", "score"),
+        Column("ARS", "ARS", 1, 1.0, "Adversarial Resistance Score averaged over 8 attacks, 0–100", "score"),
         Column("R@1", "R@1", 1, 100.0, "Recall@1 on the test split, %", "benign"),
         Column("R@2", "R@2", 1, 100.0, "Recall@2 on the test split, %", "benign"),
         Column("mAP", "mAP", 1, 100.0, "mean average precision on the test split, %", "benign"),
@@ -254,8 +296,6 @@ def leaderboard_columns(plugin_columns: Sequence[str] = ()) -> list[Column]:
     for label in plugin_columns:
         columns.append(Column(label, label, 2, 1.0, f"plugin attack {label} (not part of ERS/ARS)", "plugin"))
     columns += [
-        Column("ERS", "ERS", 1, 1.0, "Empirical Robustness Score, 0–100", "score"),
-        Column("ARS", "ARS", 1, 1.0, "Adversarial Resistance Score averaged over 8 attacks, 0–100", "score"),
         Column("WHM", "WHM", 1, 100.0, "weighted harmonic mean of train and test R@1, %", "score"),
         Column("train_pgd_steps", "PGD steps", 0, 1.0, "PGD steps per training batch", "cost", zero_std=False),
         Column("train_seconds", "Train s", 1, 1.0, "training wall time, seconds", "cost"),
@@ -299,15 +339,19 @@ class EntrySummary:
     plugin_hashes: list[str]
     defense_params: str
     cell_ids: list[str]
+    values: dict[str, list[float]] = field(default_factory=dict)  # per seed, for minima and replication
 
 
 def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySummary]:
     """Aggregate the per-cell table over seeds, one summary per entry, sorted by ERS (desc).
 
-    Ties and missing ERS fall back to R@1 (desc), then the entry name, so the order is stable.
+    Besides the columns, the ``training:*`` numbers of the cells are aggregated too (the COLO
+    activity and replication tables read them). Ties and missing ERS fall back to R@1 (desc),
+    then the entry name, so the order is stable.
     """
     summaries = []
     keys = [c.key for c in columns]
+    keys += [c for c in table.columns if str(c).startswith("training:") and c not in keys]
     for entry, group in table.groupby("entry", sort=True):
         values = group.reindex(columns=keys).apply(pd.to_numeric, errors="coerce").astype(float)
         hashes = sorted({str(h) for h in group.get("plugin_hash", pd.Series(dtype=str)).fillna("") if str(h)})
@@ -321,6 +365,7 @@ def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySumma
             is_plugin=bool(group["is_plugin"].fillna(False).astype(bool).any()) if "is_plugin" in group else False,
             plugin_hashes=hashes, defense_params="; ".join(p for p in params if p),
             cell_ids=[str(c) for c in group.index],
+            values={k: [float(v) for v in values[k]] for k in keys},
         ))
 
     def order(s: EntrySummary) -> tuple[float, float, str]:
@@ -397,6 +442,15 @@ def _registry_description(registry_name: str, name: str) -> str:
         return ""
 
 
+def _registry_preset_version(name: str) -> int | None:
+    try:
+        from .registry import PRESETS
+
+        return int(PRESETS.get(name).obj.version)
+    except Exception:
+        return None
+
+
 def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) -> list[tuple[str, str]]:
     lines = [("Dataset", key.dataset + (f" — {split_description}" if split_description else ""))]
     profile = f"{key.profile} (version {key.profile_version})"
@@ -407,11 +461,16 @@ def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) ->
     lines.append(("ε (L∞ budget)", _join(eps, _fraction_of_255)))
     lines.append(("α (step size)", _join(alpha, _fraction_of_255)))
     lines.append(("Attack PGD steps", _join(steps, lambda v: str(int(v)))))
-    preset_text = key.preset
+    preset_text = key.preset_id
     description = _registry_description("PRESETS", key.preset)
-    if description:
+    if description and _registry_preset_version(key.preset) == key.preset_version:
         preset_text += f" — {description}"
     lines.append(("Preset", preset_text))
+    if "faithful" in rows.columns:
+        adversary = ("each defense's own published training adversary (ε, PGD steps, step size, schedules, "
+                     "stopping rules)" if bool(rows["faithful"].all())
+                     else "REDUCED (training PGD steps divided, step multiplied): not a ranking")
+        lines.append(("Training adversary", adversary))
     lines.append(("Epochs", _join(_unique(rows, "epochs"), lambda v: str(int(v)))))
     lines.append(("Batch", _join(_unique(rows, "batch_pairs"),
                                  lambda v: f"{int(v)} pairs (SPC-2, {2 * int(v)} images)")))
@@ -601,8 +660,9 @@ def training_curves(telemetry: pd.DataFrame, summaries: Sequence[EntrySummary],
 
 
 def plot_training_curves(telemetry: pd.DataFrame | None, summaries: Sequence[EntrySummary]) -> Figure:
-    caption = ("Training curves per defense from the per-step telemetry: collapseness C (attention-weighted "
-               "d(a,p) − d(a,n); above 0 the batch is collapsing) and separability ((mean d(a,n) − mean d(a,p)) / "
+    caption = ("Training curves per defense from the per-step telemetry: collapseness C (d(a,p) − d(a,n), "
+               "each weighted toward the samples nearest their anchors as in the COLO-TRIDE paper; above 0 the "
+               "batch is collapsing) and separability ((mean d(a,n) − mean d(a,p)) / "
                "mean pairwise distance). Mean over seeds (band: ± std), moving-average smoothed; x in epochs.")
     curves = training_curves(telemetry, summaries) if telemetry is not None else {}
     if not curves:
@@ -624,6 +684,34 @@ def plot_training_curves(telemetry: pd.DataFrame | None, summaries: Sequence[Ent
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return Figure("curves", "Training curves", caption, _png(fig))
+
+
+def plot_clean_collapseness(telemetry: pd.DataFrame | None, summaries: Sequence[EntrySummary]) -> Figure:
+    """The COLO decision variable over training: the clean batch's collapseness, per entry that logs it."""
+    caption = ("Clean collapseness C of each training batch, the quantity COLO decides on (above 0: assist, or "
+               "train clean during the warm-up; at or below 0: attack), for the COLO-TRIDE family and CA-TRIDE "
+               "(its own far-weighted C). Mean over seeds (band: ± std), smoothed; x in epochs. The naive "
+               "ablations log it without acting on it.")
+    key = "x:clean_collapseness"
+    curves = training_curves(telemetry, summaries, metrics=(key,)) if telemetry is not None else {}
+    curves = {entry: c for entry, c in curves.items() if key in c}
+    if not curves:
+        return Figure("colo", "COLO: clean collapseness", caption + " No entry on this board logs it.", None)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    colors = _colors(len(summaries))
+    for i, s in enumerate(summaries):
+        if s.entry in curves:
+            x, mean, std = curves[s.entry][key]
+            ax.plot(x, mean, color=colors[i], lw=1.2, label=_label(s.entry))
+            ax.fill_between(x, mean - std, mean + std, color=colors[i], alpha=0.15, lw=0)
+    ax.axhline(0.0, color="0.3", lw=0.8, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("clean collapseness C")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return Figure("colo", "COLO: clean collapseness", caption, _png(fig))
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,10 +769,14 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
         split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)
         board = Board(key, columns, _table_rows(summaries, columns), protocol_lines(rows, key, split),
                       provenance_lines(rows), seeds=[int(s) for s in _unique(rows, "seed")],
-                      split_description=split)
+                      split_description=split, faithful=bool(rows["faithful"].all()),
+                      replication=replication(summaries), activity=colo_activity(summaries),
+                      activity_columns=[label for _, label in ACTIVITY_COLUMNS] + ["max clean C"])
         if plots:
             figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries),
                        plot_training_curves(telemetry, summaries)]
+            if board.activity:
+                figures.append(plot_clean_collapseness(telemetry, summaries))
             for figure in figures:
                 figure.file = f"{key.slug}-{figure.name}.png" if figure.png else ""
             board.figures = figures

@@ -73,7 +73,7 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
             base = {
                 "dataset": dataset, "model": "c2f2", "defense": spec.defense,
                 "defense_params": json.dumps(spec.params, sort_keys=True), "seed": seed, "preset": preset,
-                "profile": profile, "profile_version": 1, "cell_id": cell_id, "entry": entry,
+                "preset_version": 1, "faithful": preset != "smoke", "profile": profile, "profile_version": 1, "cell_id": cell_id, "entry": entry,
                 "is_plugin": spec.is_plugin, "plugin_source": "my_defense.py" if spec.is_plugin else "",
                 "plugin_hash": spec.plugin_hash, "attack_plugin": False,
                 "epsilon": 77 / 255, "alpha": 3 / 255, "attack_steps": 32, "train_pgd_steps": 2,
@@ -162,7 +162,7 @@ def html_table_entries(html: str) -> list[str]:
 
 def md_table_rows(md: str) -> list[list[str]]:
     """Cells of the leaderboard table's body rows, splitting on unescaped pipes only."""
-    section = md.split("## Leaderboard", 1)[1].split("## Plots", 1)[0]
+    section = md.split("## Leaderboard", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
 
@@ -212,8 +212,8 @@ def test_plugin_defense_and_plugin_attack_columns(rendered):
     header, *body = md_table_rows(rendered["md"])
     plugin = dict(zip(header, body[1]))
     assert plugin["Kind"] == "plugin f00dfeed"
-    # The plugin attack is an extra column after the ten built-in ones and before ERS.
-    assert header.index("MY") == header.index("GTT ↑") + 1 < header.index("ERS")
+    # The plugin attack is an extra column right after the ten built-in ones; ERS leads the row.
+    assert header.index("ERS") < header.index("MY") == header.index("GTT ↑") + 1
     assert plugin["MY"] == "7.50 ± 0.71"
     assert plugin["ERS"] == "31.0 ± 1.4"  # the plugin attack did not change ERS
     # The index names the plugin entries of each board (none on the mnist board).

@@ -5,7 +5,7 @@ Importing this package registers every built-in attack in ``benchmark.registry.A
 """
 
 from . import candidate, embshift, misrank, query, tma, translocation  # noqa: F401  (registers)
-from .base import Attack, Gallery
+from .base import Attack, Gallery, MetricSpec
 from .runner import AttackReport, attack_batch, run_attacks, select_queries
 
-__all__ = ["Attack", "AttackReport", "Gallery", "attack_batch", "run_attacks", "select_queries"]
+__all__ = ["Attack", "AttackReport", "Gallery", "MetricSpec", "attack_batch", "run_attacks", "select_queries"]

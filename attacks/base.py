@@ -156,17 +156,39 @@ def rank_percentile(dist_rows: torch.Tensor, target_distance: torch.Tensor) -> t
     return closer.float().mean(dim=-1) * (100.0 / dist_rows.shape[-1])
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one reported value is shown: declared once by its attack, stored with every row, and
+    read back by the leaderboard (which keeps no table of labels or arrows of its own).
+
+    ``higher_is_better`` is the direction that means MORE ROBUST (None: unknown, e.g. a plugin
+    attack that does not say); ``decimals`` the precision it is printed with.
+    """
+
+    label: str
+    higher_is_better: bool | None
+    meaning: str
+    decimals: int = 1
+
+    @property
+    def direction(self) -> str:
+        """``higher``, ``lower`` or ``""`` (unknown), as stored in the rows."""
+        return "" if self.higher_is_better is None else ("higher" if self.higher_is_better else "lower")
+
+
 class Attack:
     """One ranking attack: selection on clean embeddings, a loss to minimise, per-query metrics.
 
     Subclasses set ``perturbs`` ("query" or "candidate"; in both cases the perturbed images are
-    the test images at ``index``) and ``metrics`` (the keys ``measure`` returns, in the units of
-    ``benchmark.scores``) and implement the three methods. ``measure`` applied to the clean
-    embeddings ``gallery.embeddings[index]`` gives the "before" values ARS needs.
+    the test images at ``index``), ``metrics`` (the keys ``measure`` returns, in the units of
+    ``benchmark.scores``) with a :class:`MetricSpec` for each in ``metric_specs``, and implement
+    the three methods. ``measure`` applied to the clean embeddings ``gallery.embeddings[index]``
+    gives the "before" values ARS needs.
     """
 
     perturbs: ClassVar[str] = "query"
     metrics: ClassVar[tuple[str, ...]] = ()
+    metric_specs: ClassVar[dict[str, MetricSpec]] = {}
     registry_name: ClassVar[str]
     # Implementation version: part of the cell id. Bump it with any change that changes numbers
     # (tests/test_versions.py fails when a built-in's code changes while its version does not).
@@ -175,6 +197,13 @@ class Attack:
     @property
     def name(self) -> str:
         return getattr(type(self), "registry_name", type(self).__name__.lower())
+
+    def spec(self, metric: str) -> MetricSpec:
+        """The declared spec of ``metric``; an undeclared one is shown under its key, direction unknown."""
+        declared = self.metric_specs.get(metric)
+        if declared is not None:
+            return declared
+        return MetricSpec(metric, None, f"plugin attack {metric}", 2)
 
     def hyperparameters(self) -> dict[str, object]:
         """Every setting that changes what the attack does (shown by ``repr``)."""

@@ -7,7 +7,15 @@ import torch
 
 from benchmark.registry import ATTACKS
 
-from .base import Attack, Gallery, check_count, neighbourhood_size, random_indices, rank_percentile
+from .base import (
+    Attack,
+    Gallery,
+    MetricSpec,
+    check_count,
+    neighbourhood_size,
+    random_indices,
+    rank_percentile,
+)
 
 
 class CandidateAttack(Attack):
@@ -83,6 +91,7 @@ class CandidateAttackPlus(CandidateAttack):
     __doc__ = CandidateAttack.__doc__
     sign = "+"
     metrics = ("CA+",)
+    metric_specs = {"CA+": MetricSpec("CA+", True, "candidate attack (push up): mean rank percentile of the chosen candidate, %")}
 
 
 @ATTACKS.register("ca-", aliases=("CA:pm=-:W=1", "ca-minus", "caminus"),
@@ -91,3 +100,4 @@ class CandidateAttackMinus(CandidateAttack):
     __doc__ = CandidateAttack.__doc__
     sign = "-"
     metrics = ("CA-",)
+    metric_specs = {"CA-": MetricSpec("CA−", False, "candidate attack (push down): mean rank percentile of the chosen candidate, %")}

@@ -8,7 +8,7 @@ import torch
 from benchmark.losses import row_distance
 from benchmark.registry import ATTACKS
 
-from .base import Attack, recall_at_1
+from .base import Attack, MetricSpec, recall_at_1
 
 
 @ATTACKS.register("es", aliases=("embshift", "embedding-shift"),
@@ -31,6 +31,8 @@ class EmbeddingShiftAttack(Attack):
 
     perturbs = "query"
     metrics = ("ES:D", "ES:R")
+    metric_specs = {"ES:D": MetricSpec("ES:D", False, "embedding shift: mean L2 shift of the query embedding", 3),
+                    "ES:R": MetricSpec("ES:R", True, "embedding shift: R@1 after the attack, %")}
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
         return -row_distance(emb, gallery.embeddings[index]).sum()

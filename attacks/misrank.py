@@ -8,7 +8,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.losses import row_distance
 from benchmark.registry import ATTACKS
 
-from .base import Attack, Gallery, mask_self, recall_at_1
+from .base import Attack, Gallery, MetricSpec, mask_self, recall_at_1
 
 # Stands in for ±inf in masked max/min so no inf enters a subtraction in the graph.
 _FAR = 1e4
@@ -30,6 +30,7 @@ class LearningToMisrankAttack(Attack):
 
     perturbs = "query"
     metrics = ("LTM",)
+    metric_specs = {"LTM": MetricSpec("LTM", True, "learning-to-misrank: R@1 after the attack, %")}
 
     def select(self, index: torch.Tensor, gallery: Gallery, generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = index.to(gallery.device)
@@ -67,6 +68,7 @@ class GreedyTop1MisrankAttack(Attack):
 
     perturbs = "query"
     metrics = ("GTM",)
+    metric_specs = {"GTM": MetricSpec("GTM", True, "global top-1 misranking: R@1 after the attack, %")}
 
     def select(self, index: torch.Tensor, gallery: Gallery, generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = index.to(gallery.device)

@@ -10,6 +10,7 @@ from benchmark.registry import ATTACKS
 from .base import (
     Attack,
     Gallery,
+    MetricSpec,
     check_count,
     neighbourhood_size,
     random_indices,
@@ -88,6 +89,7 @@ class QueryAttackPlus(QueryAttack):
     __doc__ = QueryAttack.__doc__
     sign = "+"
     metrics = ("QA+",)
+    metric_specs = {"QA+": MetricSpec("QA+", True, "query attack (push up): mean rank percentile of the chosen candidate, %")}
 
 
 @ATTACKS.register("qa-", aliases=("QA:pm=-:M=1", "qa-minus", "qaminus"),
@@ -96,3 +98,4 @@ class QueryAttackMinus(QueryAttack):
     __doc__ = QueryAttack.__doc__
     sign = "-"
     metrics = ("QA-",)
+    metric_specs = {"QA-": MetricSpec("QA−", False, "query attack (push down): mean rank percentile of the chosen candidate, %")}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from benchmark.registry import ATTACKS
 
-from .base import Attack, Gallery, random_indices
+from .base import Attack, Gallery, MetricSpec, random_indices
 
 
 @ATTACKS.register("tma", aliases=("targeted-mismatch",),
@@ -23,6 +23,7 @@ class TargetedMismatchAttack(Attack):
 
     perturbs = "query"
     metrics = ("TMA",)
+    metric_specs = {"TMA": MetricSpec("TMA", False, "targeted mismatch attack: mean cosine similarity to the target embedding", 3)}
 
     def select(self, index: torch.Tensor, gallery: Gallery, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {"target": random_indices((len(index),), len(gallery), generator, gallery.device)}

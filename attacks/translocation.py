@@ -6,7 +6,7 @@ import torch
 
 from benchmark.registry import ATTACKS
 
-from .base import Attack, Gallery, check_count, mask_self
+from .base import Attack, Gallery, MetricSpec, check_count, mask_self
 from .query import query_rank_loss
 
 
@@ -26,6 +26,7 @@ class GreedyTop1TranslocationAttack(Attack):
 
     perturbs = "query"
     metrics = ("GTT",)
+    metric_specs = {"GTT": MetricSpec("GTT", True, "global top-1 translocation: retain@4 after the attack, %")}
 
     def __init__(self, retain_k: int = 4):
         self.retain_k = check_count("retain_k", retain_k)

@@ -26,8 +26,9 @@ from .defense import Defense, defense_pgd_steps
 from .errors import BenchmarkError
 from .evaluation import embed_split
 from .models import build_model
+from .plugins import load_builtins
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
-from .registry import DEFENSES, MODELS, import_builtins
+from .registry import DEFENSES, MODELS
 from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET, training_summary
 from .trainer import TrainHistory, device_name, resolve_device, seed_everything, train_model
 
@@ -139,7 +140,7 @@ def config_hash(payload: dict[str, Any]) -> str:
 
 def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> ResolvedCell:
     """Validate names and numbers, load the dataset and fill every default."""
-    import_builtins()
+    load_builtins()
     if config.seed < 0:
         raise BenchmarkError(f"seed must be a non-negative integer, got {config.seed}")
     preset = get_preset(config.preset)
@@ -363,7 +364,10 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
     rows: list[dict[str, Any]] = []
 
     def add(attack: str, metric: str, value: float, variant: str = "", **extra: Any) -> None:
-        rows.append({**base, "attack": attack, "metric": metric, "variant": variant, "value": float(value), **extra})
+        described = {"metric_label": metric, "direction": "", "decimals": 4, "meaning": "", "attack_params": "",
+                     "attack_plugin_hash": ""}
+        rows.append({**base, **described, "attack": attack, "metric": metric, "variant": variant,
+                     "value": float(value), **extra})
 
     for key in ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1"):
         add("benign", key, benign[key])
@@ -372,9 +376,15 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
         name = attack.registry_name
         seconds = report.seconds[name]
         qps = len(query_index) / seconds if seconds > 0 else 0.0
-        plugin = ATTACKS.get(name).is_plugin
+        entry = ATTACKS.get(name)
+        plugin = entry.is_plugin
+        params = json.dumps({k: str(v) for k, v in attack.hyperparameters().items()}, sort_keys=True)
         for key in attack.metrics:
-            extra = {"attack_seconds": seconds, "queries_per_second": qps, "attack_plugin": plugin}
+            spec = attack.spec(key)
+            extra = {"attack_seconds": seconds, "queries_per_second": qps, "attack_plugin": plugin,
+                     "metric_label": spec.label, "direction": spec.direction, "decimals": int(spec.decimals),
+                     "meaning": spec.meaning, "attack_params": params,
+                     "attack_plugin_hash": (entry.source_hash or "") if plugin else ""}
             add(name, key, report.after[key], "adversarial", **extra)
             add(name, key, report.before[key], "clean", **extra)
             if not plugin:

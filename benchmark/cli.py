@@ -6,7 +6,6 @@ Every error a user can cause is a BenchmarkError: printed as one line, exit stat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -181,11 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_plugins(paths: list[str]) -> None:
-    from .registry import import_builtins, load_plugin_file
+    from .plugins import load_plugins
 
-    import_builtins()
-    for path in paths:
-        load_plugin_file(path)
+    load_plugins(paths)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -221,17 +218,13 @@ def _cell_config(args: argparse.Namespace, **overrides):
 
 
 def _check_results_dir(path: str, *, create: bool = True) -> Path:
-    results = Path(path)
-    if results.exists() and not results.is_dir():
-        raise BenchmarkError(f"results path {str(results)!r} is not a directory")
+    """Writable (created when missing) for commands that write; for ``rrb attack``, which only reads a
+    checkpoint, a missing folder is left to the missing-checkpoint message that names ``rrb train``."""
+    from .store import check_results_dir, readable_results_dir
+
     if create:
-        try:
-            results.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BenchmarkError(f"cannot create results directory {str(results)!r}: {exc.strerror}") from None
-        if not os.access(results, os.W_OK):
-            raise BenchmarkError(f"results directory {str(results)!r} is not writable")
-    return results
+        return check_results_dir(path)
+    return readable_results_dir(path) if Path(path).exists() else Path(path)
 
 
 def _preset_text(preset) -> str:
@@ -371,8 +364,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     (exit status 2), its registrations rolled back and the results directory untouched.
     """
     from .matrix import run_matrix
-    from .plugins import validate_defense
     from .store import check_results_dir, format_results, load_results
+    from .validation import validate_defense
 
     _load_plugins(args.plugin)
     checked = validate_defense(args.plugin_file_or_name, seed=args.seeds[0])

@@ -51,7 +51,6 @@ held by a process on another host that died cannot be told from a slow one: dele
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -64,7 +63,8 @@ from typing import Any
 from . import store
 from .cell import CellConfig, ResolvedCell, resolve, run_cell
 from .errors import BenchmarkError
-from .registry import DEFENSES, import_builtins, load_plugin_file
+from .plugins import load_builtins, load_plugins
+from .registry import DEFENSES
 
 EXECUTORS = ("local", "dask")
 LOCK_POLL_S = 2.0  # how often a process waiting for cells locked by another process looks again
@@ -84,7 +84,7 @@ def builtin_defense_names() -> list[str]:
     Built-ins not named in DEFAULT_DEFENSE_ORDER (a defense added later) follow in registry order,
     so a new built-in joins the default matrix without an edit here.
     """
-    import_builtins()
+    load_builtins()
     builtin = [e.name for e in DEFENSES.entries() if not e.is_plugin and e.name not in NOT_IN_DEFAULT_MATRIX]
     ordered = [name for name in DEFAULT_DEFENSE_ORDER if name in builtin]
     return ordered + [name for name in builtin if name not in ordered]
@@ -190,7 +190,7 @@ def build_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds:
     ``defense_params`` maps a defense name to its parameter overrides (e.g.
     ``{"ga": {"gamma": 0.05}}``); ``defenses=None`` means :func:`builtin_defense_names`.
     """
-    import_builtins()
+    load_builtins()
     if not datasets:
         raise BenchmarkError("the matrix needs at least one dataset")
     defenses = list(defenses) if defenses else builtin_defense_names()
@@ -232,12 +232,6 @@ def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[Planned
 
 # ---------------------------------------------------------------------------------------------
 # One cell: the unit every executor runs
-
-
-def load_plugins(plugins: Iterable[str | os.PathLike]) -> None:
-    import_builtins()
-    for path in plugins:
-        load_plugin_file(path)
 
 
 def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_cell_id: str | None = None,
@@ -513,54 +507,3 @@ def _lock_released(results: Path, result: CellResult) -> bool:
     path = store.lock_path(results, result.dataset, result.cell_id)
     owner = store.read_lock(path)
     return owner is None or store.lock_is_stale(path, owner)
-
-
-# ---------------------------------------------------------------------------------------------
-# A small command line (``python -m benchmark.matrix``) for scripts and tests; users run ``rrb run``.
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.matrix",
-                                     description="run a datasets x defenses x seeds matrix into a results directory")
-    parser.add_argument("--datasets", type=_csv, default=["digits"])
-    parser.add_argument("--defenses", type=_csv, default=None, help="default: every built-in defense")
-    parser.add_argument("--seeds", type=lambda t: [int(s) for s in _csv(t)], default=[0])
-    parser.add_argument("--preset", default="quick")
-    parser.add_argument("--profile", default="auto")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--executor", choices=EXECUTORS, default="local")
-    parser.add_argument("--scheduler", default=None)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--attacks", type=_csv, default=None)
-    parser.add_argument("--plugin", action="append", default=[])
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    from .cli import INTERRUPTED, handle_stop_signals
-
-    if argv is None:
-        handle_stop_signals()
-    try:
-        summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
-                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
-                             workers=args.workers, data_root=args.data_root, device=args.device,
-                             plugins=args.plugin, progress=not args.quiet, attacks=args.attacks,
-                             threads=args.threads)
-    except BenchmarkError as exc:
-        print(f"rrb: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
-    print(summary.describe())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

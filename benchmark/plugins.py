@@ -1,179 +1,203 @@
-"""Validating a third-party defense before it is allowed near the results store.
+"""Where the registries get filled: the built-ins (imported in one place) and third-party plugins.
 
-``validate_defense`` checks, in order, and stops at the first failure with one message:
-1. the plugin imports (a ``.py`` file via ``--plugin``, or an installed ``rrb.defenses`` entry point);
-2. it registers exactly one new defense, not shadowing a built-in;
-3. the class subclasses :class:`benchmark.defense.Defense`, has the
-   ``training_step(model, images, labels, ctx)`` signature, builds with its defaults and declares
-   its PGD steps per batch;
-4. one training step on a tiny batch returns a finite scalar loss whose gradient reaches the model,
-   and, if the defense perturbs, the perturbed images stay inside ε and [0, 1].
-A failed file's registrations are rolled back; nothing is written anywhere.
+* :func:`load_builtins` imports the modules whose import registers the built-in datasets, models,
+  presets, attacks and defenses. It is the only place the project imports them for that purpose.
+* Installed plugins come through Python entry points, one group per kind (``rrb.defenses``,
+  ``rrb.attacks``, ``rrb.datasets``, ``rrb.models``); :func:`load_entry_points` runs the first
+  time a registry is asked for a name (this module installs itself as
+  :attr:`benchmark.registry.Registry.before_lookup`).
+* A plugin file (``--plugin file.py``) is imported by :func:`load_plugin_file`, all or nothing.
+
+Everything a plugin registers is marked with where it came from (``plugin:<path>`` or
+``entrypoint:<distribution>``) and the sha256 of its file, which enters the cell id. A plugin that
+fails to import, registers something invalid or shadows a built-in is rolled back completely
+(:func:`snapshot_registries` / :func:`restore_registries`) so it never leaves half a registration.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
 import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from .defense import Defense, StepResult, TrainContext
 from .errors import BenchmarkError
-from .registry import (
-    DEFENSES,
-    Entry,
-    import_builtins,
-    load_plugin_file,
-    restore_registries,
-    snapshot_registries,
-)
+from .registry import BUILTIN, REGISTRIES, Entry, Registry
+
+# The modules whose import registers the built-ins, in dependency order.
+BUILTIN_MODULES = ("benchmark.datasets", "benchmark.models", "benchmark.presets", "attacks", "defenses")
+PLUGIN_MODULE_PREFIX = "rrb_plugin_"
 
 
-@dataclass
-class ValidatedPlugin:
-    entry: Entry
-    path: Path | None  # None for an installed entry point
-    loss: float
-    pgd_steps: int
-    perturbs: bool
+def load_builtins() -> None:
+    """Import the modules whose import registers the built-ins (idempotent, cheap after the first call)."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
 
 
-def load_defense_plugin(file_or_name: str) -> tuple[Entry, Path | None]:
-    """Import a plugin file (registering what it holds) or find an installed plugin by name.
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    A file must register exactly one new defense (it may also register attacks); a name must be
-    a plugin defense, not a built-in. The caller rolls back on failure.
+
+def defining_file_hash(obj: Any) -> str | None:
+    """sha256 of the source file that defines ``obj`` (a class or function), when there is one."""
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    filename = getattr(module, "__file__", None) if module is not None else None
+    if not filename or not Path(filename).is_file():
+        return None
+    return file_sha256(Path(filename))
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """The contents of every registry at one moment (see :func:`snapshot_registries`)."""
+
+    state: dict[str, tuple[dict[str, Entry], dict[str, str], bool, dict[str, str]]]
+    plugin_modules: frozenset[str]
+
+
+def snapshot_registries() -> RegistrySnapshot:
+    """Remember what every registry holds, to undo a plugin that fails (or a test's plugins)."""
+    state = {kind: (dict(reg._entries), dict(reg._aliases), reg._entry_points_loaded,
+                    dict(reg._entry_point_errors))
+             for kind, reg in REGISTRIES.items()}
+    return RegistrySnapshot(state, frozenset(m for m in sys.modules if m.startswith(PLUGIN_MODULE_PREFIX)))
+
+
+def restore_registries(snapshot: RegistrySnapshot) -> None:
+    """Put every registry back as it was at ``snapshot``; forget plugin files imported since."""
+    for kind, reg in REGISTRIES.items():
+        entries, aliases, loaded, errors = snapshot.state[kind]
+        reg._entries, reg._aliases = dict(entries), dict(aliases)
+        reg._entry_points_loaded, reg._entry_point_errors = loaded, dict(errors)
+    for module in [m for m in sys.modules if m.startswith(PLUGIN_MODULE_PREFIX)]:
+        if module not in snapshot.plugin_modules:
+            del sys.modules[module]
+
+
+def load_entry_points(registry: Registry) -> None:
+    """Register what installed packages expose under ``registry``'s entry-point group.
+
+    Built-ins first, so a plugin cannot claim a built-in name. An entry point names either a
+    class that registers itself on import (decorated with ``@DEFENSES.register("name")``; the
+    registered name wins) or an undecorated class (or other callable), registered here under the
+    entry point's own name. Whatever the import registers, in any registry, is marked
+    ``entrypoint:<distribution>`` with the sha256 of the module file that defines it. A package
+    that fails to load (import error, a name that shadows a built-in, a module that registers
+    nothing) is skipped with one warning on stderr and its partial registrations are rolled back,
+    so it cannot hide the built-ins; asking for its name later repeats the reason.
     """
-    import_builtins()
-    path = Path(file_or_name)
-    if path.suffix == ".py" or path.is_file():
-        registered = load_plugin_file(path)
-        new = registered["defenses"]
-        others = [f"{kind[:-1]} {e.name!r}" for kind, es in registered.items()
-                  if kind not in ("defenses", "attacks") for e in es]
-        if len(new) != 1 or others:
-            names = ", ".join(e.name for e in new) or "none"
-            raise BenchmarkError(f"plugin {str(path)!r} must register exactly one new defense with "
-                                 f"@DEFENSES.register(\"name\") on a Defense subclass; it registered "
-                                 f"{len(new)} ({names})"
-                                 + (f" and {', '.join(others)}" if others else ""))
-        return new[0], path
-    try:
-        entry = DEFENSES.get(file_or_name)
-    except BenchmarkError as exc:
-        installed = ", ".join(e.name for e in DEFENSES.entries() if e.is_plugin) or "none"
-        raise BenchmarkError(f"{file_or_name!r} is neither a plugin .py file nor an installed plugin defense "
-                             f"(rrb.defenses entry point; installed: {installed}): {exc}") from None
-    if not entry.is_plugin:
-        raise BenchmarkError(f"{file_or_name!r} is a built-in defense; submit a plugin .py file or the name of "
-                             "an installed plugin defense")
-    return entry, None
+    registry._entry_points_loaded = True
+    load_builtins()
+    if not registry.entry_point_group:
+        return
+    for ep in importlib.metadata.entry_points(group=registry.entry_point_group):
+        _load_one_entry_point(registry, ep)
 
 
-def validate_defense(file_or_name: str, *, seed: int = 0) -> ValidatedPlugin:
-    """Load and check a defense plugin (see the module docstring).
-
-    On any failure every registration made while loading it is rolled back (and the file is
-    forgotten, so a fixed file can be loaded again in the same process) and one BenchmarkError
-    says what is wrong. On success the plugin stays registered, ready for the matrix.
-    """
+def _load_one_entry_point(registry: Registry, ep: importlib.metadata.EntryPoint) -> None:
+    dist = getattr(ep.dist, "name", None) or "unknown"
+    where = f"entry point {ep.name!r} = {ep.value!r} in group {registry.entry_point_group!r} (package {dist})"
     snapshot = snapshot_registries()
+    previous = {kind: reg._current_source for kind, reg in REGISTRIES.items()}
+    for reg in REGISTRIES.values():
+        reg._current_source = (f"entrypoint:{dist}", None)
     try:
-        entry, path = load_defense_plugin(file_or_name)
-        result = _check(entry, seed)
-    except BenchmarkError:
+        before = {kind: set(reg._entries) for kind, reg in REGISTRIES.items()}
+        obj = ep.load()
+        if not any(set(reg._entries) - before[kind] for kind, reg in REGISTRIES.items()):
+            # The entry point names an object that did not register itself.
+            if inspect.ismodule(obj) or not callable(obj):
+                raise BenchmarkError(
+                    f"it names {type(obj).__name__} {ep.value!r}, which registered nothing; point it at "
+                    f"the {registry.kind} class (module:Class), or register the class in that module")
+            # A class whose module was imported (and registered) before, then rolled back,
+            # keeps the name its decorator gave it.
+            own = vars(obj).get("registry_name") if inspect.isclass(obj) else None
+            registry.add(own if isinstance(own, str) else ep.name, obj)
+        for kind, reg in REGISTRIES.items():
+            for name in set(reg._entries) - before[kind]:
+                entry = reg._entries[name]
+                entry.source_hash = entry.source_hash or defining_file_hash(entry.obj)
+    except Exception as exc:  # a broken third-party package must not hide the built-ins
+        restore_registries(snapshot)
+        cause = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
+        message = f"{where} failed to load, skipped: {cause}"
+        registry._entry_point_errors[registry._key(ep.name)] = message
+        print(f"rrb: warning: {message}", file=sys.stderr)
+    finally:
+        for kind, reg in REGISTRIES.items():
+            reg._current_source = previous[kind]
+
+
+Registry.before_lookup = load_entry_points
+
+
+def load_plugin_file(path: str | Path) -> dict[str, list[Entry]]:
+    """Import a plugin file; return the entries it registered, per registry kind.
+
+    Anything the file registers is marked ``plugin:<path>`` with the file's hash. Loading the
+    same file again in one process returns what it registered the first time. Import errors and
+    registrations the registry refuses (a name that shadows a built-in or is taken) become one
+    ``BenchmarkError`` naming the file and the cause, and nothing the file registered is kept.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"plugin file {str(path)!r} does not exist (expected a .py file)")
+    if path.suffix != ".py":
+        raise BenchmarkError(f"plugin file {str(path)!r} is not a .py file")
+    load_builtins()
+    for reg in REGISTRIES.values():
+        reg.load_entry_points()  # installed plugins first: a file cannot silently take their names
+    digest = file_sha256(path)
+    module_name = f"{PLUGIN_MODULE_PREFIX}{digest[:12]}"
+    if module_name in sys.modules:  # the same file loaded twice in one process
+        already = {kind: [e for e in reg._entries.values() if e.source_hash == digest]
+                   for kind, reg in REGISTRIES.items()}
+        if any(already.values()):
+            return already
+        del sys.modules[module_name]  # its registrations were rolled back since: import it afresh
+    snapshot = snapshot_registries()
+    before = {kind: set(reg._entries) for kind, reg in REGISTRIES.items()}
+    previous = {kind: reg._current_source for kind, reg in REGISTRIES.items()}
+    source = (f"plugin:{path.resolve()}", digest)
+    for reg in REGISTRIES.values():
+        reg._current_source = source
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BenchmarkError as exc:
+        restore_registries(snapshot)
+        raise BenchmarkError(f"plugin {str(path)!r}: {exc}") from None
+    except KeyboardInterrupt:
         restore_registries(snapshot)
         raise
-    except Exception as exc:  # a plugin can break in ways the checks do not foresee
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not end rrb silently
         restore_registries(snapshot)
-        raise BenchmarkError(f"plugin {file_or_name!r} failed validation: {type(exc).__name__}: {exc}") from None
-    return ValidatedPlugin(entry, path, *result)
+        raise BenchmarkError(
+            f"plugin {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for kind, reg in REGISTRIES.items():
+            reg._current_source = previous[kind]
+    return {kind: [reg._entries[n] for n in reg._entries if n not in before[kind]]
+            for kind, reg in REGISTRIES.items()}
 
 
-def _check(entry: Entry, seed: int) -> tuple[float, int, bool]:
-    name = entry.name
-    cls = entry.obj
-    if not (inspect.isclass(cls) and issubclass(cls, Defense)):
-        raise BenchmarkError(f"plugin defense {name!r} must be a class deriving from benchmark.defense.Defense, "
-                             f"got {type(cls).__name__}")
-    step_fn = getattr(cls, "training_step", None)
-    if step_fn is Defense.training_step:
-        raise BenchmarkError(f"plugin defense {name!r} does not implement training_step(model, images, labels, ctx)")
-    try:
-        inspect.signature(step_fn).bind(None, "model", "images", "labels", "ctx")
-    except TypeError:
-        raise BenchmarkError(f"plugin defense {name!r}: training_step{inspect.signature(step_fn)} has the wrong "
-                             "signature; expected training_step(self, model, images, labels, ctx)") from None
-    if not any("pgd_steps" in vars(klass) for klass in cls.__mro__ if klass is not Defense):
-        raise BenchmarkError(f"plugin defense {name!r} must declare its PGD steps per training batch as a class "
-                             "attribute, e.g. `pgd_steps: ClassVar[int] = 0`")
-    try:
-        defense = cls()
-    except Exception as exc:
-        raise BenchmarkError(f"plugin defense {name!r} cannot be built with its defaults: "
-                             f"{type(exc).__name__}: {exc}") from None
-    steps = getattr(defense, "pgd_steps", None)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise BenchmarkError(f"plugin defense {name!r}: pgd_steps must be an int >= 0, got {steps!r}")
-    return _one_step(name, defense, steps, seed)
+def load_plugins(paths: list[str] | tuple[str, ...] = ()) -> None:
+    """The built-ins, then each plugin file (the ``--plugin`` option of every command)."""
+    load_builtins()
+    for path in paths:
+        load_plugin_file(path)
 
 
-def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float, int, bool]:
-    from .datasets import SPC2Sampler, load_digits
-    from .models import C2F2
-    from .presets import PROFILES
-
-    torch.manual_seed(seed)
-    bundle = load_digits()
-    generator = torch.Generator().manual_seed(seed)
-    index = next(iter(SPC2Sampler(bundle.train.labels, 8, generator)))
-    images, labels = bundle.train.batch(index), bundle.train.labels[index]
-    model = C2F2(embedding_dim=32)
-    profile = PROFILES["rob28"]
-    ctx = TrainContext(epoch=1, num_epochs=2, step=1, epsilon=profile.train_epsilon,
-                       alpha=profile.train_alpha * 8, pgd_divisor=8, generator=generator,
-                       attention_lambda=10.0)
-    model.set_train_mode(adversarial=defense.trains_batchnorm)
-    try:
-        defense.reset()
-        result = defense.training_step(model, images, labels, ctx)
-    except Exception as exc:
-        raise BenchmarkError(f"plugin defense {name!r} raised inside training_step: "
-                             f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(result, StepResult):
-        raise BenchmarkError(f"plugin defense {name!r}: training_step must return a benchmark.defense.StepResult, "
-                             f"got {type(result).__name__}")
-    loss = result.loss
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise BenchmarkError(f"plugin defense {name!r}: the loss must be a scalar tensor")
-    if not torch.isfinite(loss):
-        raise BenchmarkError(f"plugin defense {name!r}: the loss is not finite ({float(loss.detach())})")
-    if not loss.requires_grad:
-        raise BenchmarkError(f"plugin defense {name!r}: the loss has no gradient (was it detached?)")
-    model.zero_grad(set_to_none=True)
-    try:
-        loss.backward()
-    except Exception as exc:
-        raise BenchmarkError(f"plugin defense {name!r}: backward failed: {type(exc).__name__}: {exc}") from None
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    if not any(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads):
-        raise BenchmarkError(f"plugin defense {name!r}: the loss gives no finite, non-zero gradient to the model")
-    perturbs = result.perturbed is not None
-    if steps > 0 and not perturbs:
-        raise BenchmarkError(f"plugin defense {name!r} declares {steps} PGD steps but returns no perturbed images; "
-                             "set StepResult.perturbed and StepResult.originals so the budget can be checked")
-    if perturbs:
-        if result.originals is None or result.originals.shape != result.perturbed.shape:
-            raise BenchmarkError(f"plugin defense {name!r}: StepResult.originals must hold the clean images the "
-                                 "perturbed ones started from, same shape")
-        if not torch.isfinite(result.perturbed).all():
-            raise BenchmarkError(f"plugin defense {name!r}: the perturbed images hold NaN or infinite values")
-        delta = (result.perturbed - result.originals).abs().max().item()
-        if delta > ctx.epsilon + 1e-5:
-            raise BenchmarkError(f"plugin defense {name!r}: perturbation {delta:.4f} exceeds the budget "
-                                 f"epsilon = {ctx.epsilon:.4f}")
-        if result.perturbed.min() < 0 or result.perturbed.max() > 1:
-            raise BenchmarkError(f"plugin defense {name!r}: perturbed images leave the [0, 1] pixel range")
-    return float(loss.detach()), steps, perturbs
+__all__ = ["BUILTIN", "BUILTIN_MODULES", "PLUGIN_MODULE_PREFIX", "RegistrySnapshot", "defining_file_hash",
+           "file_sha256", "load_builtins", "load_entry_points", "load_plugin_file", "load_plugins",
+           "restore_registries", "snapshot_registries"]

@@ -45,26 +45,6 @@ NON_ATTACK_GROUPS = ("benign", "score", "training")
 # Rows the leaderboard cannot be built without; the other schema columns are optional extras.
 REQUIRED_COLUMNS = ("dataset", "preset", "profile", "entry", "seed", "cell_id", "attack", "metric", "value")
 
-# Display label, unit/precision and which direction is "more robust" for each raw attack value.
-ATTACK_LABELS = {"CA+": "CA+", "CA-": "CA−", "QA+": "QA+", "QA-": "QA−", "TMA": "TMA", "ES:D": "ES:D",
-                 "ES:R": "ES:R", "LTM": "LTM", "GTM": "GTM", "GTT": "GTT"}
-ATTACK_DECIMALS = {"TMA": 3, "ES:D": 3}
-ATTACK_HIGHER_IS_ROBUST = {"CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False,
-                           "ES:D": False, "ES:R": True, "LTM": True, "GTM": True, "GTT": True}
-ATTACK_MEANING = {
-    "CA+": "candidate attack (push up): mean rank percentile of the chosen candidate, %",
-    "CA-": "candidate attack (push down): mean rank percentile of the chosen candidate, %",
-    "QA+": "query attack (push up): mean rank percentile of the chosen candidate, %",
-    "QA-": "query attack (push down): mean rank percentile of the chosen candidate, %",
-    "TMA": "targeted mismatch attack: mean cosine similarity to the target embedding",
-    "ES:D": "embedding shift: mean L2 shift of the query embedding",
-    "ES:R": "embedding shift: R@1 after the attack, %",
-    "LTM": "learning-to-misrank: R@1 after the attack, %",
-    "GTM": "global top-1 misranking: R@1 after the attack, %",
-    "GTT": "global top-1 translocation: retain@4 after the attack, %",
-}
-
-
 @dataclass(frozen=True)
 class Column:
     """One leaderboard column: where its number comes from and how to print it."""
@@ -220,23 +200,62 @@ def _board_rows(frame: pd.DataFrame, key: BoardKey) -> pd.DataFrame:
     return frame[mask]
 
 
-def _plugin_attack_labels(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """Column label per (attack, metric) of plugin attacks: the metric, or ``attack:metric`` on a clash."""
-    pairs = sorted(set(zip(rows["attack"].astype(str), rows["metric"].astype(str))))
-    metric_count: dict[str, int] = {}
-    for _, metric in pairs:
-        metric_count[metric] = metric_count.get(metric, 0) + 1
-    taken = set(ERS_KEYS) | {"R@1", "R@2", "mAP", "NMI", "ERS", "ARS", "WHM"}
-    return {(attack, metric): (metric if metric_count[metric] == 1 and metric not in taken else f"{attack}:{metric}")
-            for attack, metric in pairs}
+def _first_text(values: pd.Series, default: str = "") -> str:
+    for value in values:
+        if isinstance(value, str) and value:
+            return value
+    return default
 
 
-def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def attack_columns(adversarial: pd.DataFrame) -> list[Column]:
+    """One column per (attack, metric) of the attack rows, described by what the rows store.
+
+    Label, direction, precision and meaning come from the rows (each attack's declared
+    ``MetricSpec``), never from a table here. Built-in attack values that enter ERS come first,
+    in the frozen ERS order; every other attack value (plugin attacks, built-ins outside ERS)
+    follows, by label. A label two attacks share is prefixed with the attack's name.
+    """
+    if adversarial.empty:
+        return []
+    described = adversarial.assign(
+        metric_label=adversarial["metric_label"] if "metric_label" in adversarial else "",
+        direction=adversarial["direction"] if "direction" in adversarial else "",
+        decimals=adversarial["decimals"] if "decimals" in adversarial else 1,
+        meaning=adversarial["meaning"] if "meaning" in adversarial else "")
+    pairs = []
+    for (attack, metric, plugin), group in described.groupby(["attack", "metric", "attack_plugin"], sort=True):
+        label = _first_text(group["metric_label"], str(metric))
+        direction = _first_text(group["direction"])
+        decimals = pd.to_numeric(group["decimals"], errors="coerce").dropna()
+        meaning = _first_text(group["meaning"], f"{attack}: {metric}")
+        in_ers = (not plugin) and metric in ERS_KEYS
+        pairs.append((str(attack), str(metric), bool(plugin), label, direction,
+                      int(decimals.iloc[0]) if len(decimals) else 2, meaning, in_ers))
+    label_count: dict[str, int] = {}
+    for pair in pairs:
+        label_count[pair[3]] = label_count.get(pair[3], 0) + 1
+    taken = {"R@1", "R@2", "mAP", "NMI", "ERS", "ARS", "WHM"}
+    columns = []
+    for attack, metric, _plugin, label, direction, decimals, meaning, in_ers in pairs:
+        if not in_ers and (label_count[label] > 1 or label in taken):
+            label = f"{attack}:{label}"
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
+        title = meaning + (f" ({arrow.strip()} = more robust)" if arrow else "")
+        if not in_ers:
+            title += " (not part of ERS/ARS)"
+        key = metric if in_ers else f"{attack}:{metric}"
+        columns.append(Column(key, label + arrow, decimals, 1.0, title, "attack" if in_ers else "plugin"))
+    ers_order = {key: i for i, key in enumerate(ERS_KEYS)}
+    return sorted(columns, key=lambda c: (c.group != "attack", ers_order.get(c.key, 0), c.label))
+
+
+def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
     """One row per matrix cell (one trained model): every number the leaderboard aggregates.
 
-    Returns the table (index ``cell_id``) and the plugin-attack column labels, in order.
-    Attack values are the ``adversarial`` variant; plugin attacks (``attack_plugin``) get their own
-    columns and never feed ERS/ARS (those come from the stored ``score`` rows).
+    Returns the table (index ``cell_id``) and the attack-value columns described by the rows
+    (:func:`attack_columns`). Attack values are the ``adversarial`` variant; values outside ERS
+    (plugin attacks) get columns keyed ``attack:metric`` and never feed ERS/ARS (those come from
+    the stored ``score`` rows).
     """
     first = rows.groupby("cell_id", sort=True).first()
     info_columns = [c for c in ("entry", "seed", "defense", "defense_params", "is_plugin", "plugin_hash",
@@ -255,14 +274,13 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     training = rows[rows["attack"] == "training"]
     attack_rows = rows[~rows["attack"].isin(NON_ATTACK_GROUPS)]
     adversarial = attack_rows[attack_rows["variant"] == "adversarial"]
-    builtin = adversarial[~adversarial["attack_plugin"] & adversarial["metric"].isin(ERS_KEYS)]
-    plugin = adversarial[adversarial["attack_plugin"]]
-    plugin_labels = _plugin_attack_labels(plugin)
-    plugin_series = pd.Series([plugin_labels[(str(a), str(m))] for a, m in zip(plugin["attack"], plugin["metric"])],
-                              index=plugin.index, dtype=object)
+    columns = attack_columns(adversarial)
+    in_ers = ~adversarial["attack_plugin"] & adversarial["metric"].isin(ERS_KEYS)
+    keys = pd.Series(np.where(in_ers, adversarial["metric"].astype(str),
+                              adversarial["attack"].astype(str) + ":" + adversarial["metric"].astype(str)),
+                     index=adversarial.index, dtype=object)
     training_labels = "training:" + training["metric"].astype(str)
-    parts = [pivot(benign), pivot(builtin), pivot(plugin, plugin_series), pivot(scores),
-             pivot(training, training_labels)]
+    parts = [pivot(benign), pivot(adversarial, keys), pivot(scores), pivot(training, training_labels)]
     for part in parts:
         table = table.join(part, how="left", rsuffix="_dup")
     # Attack time: each attack's seconds are repeated on its metric rows, so count each attack once.
@@ -271,15 +289,15 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         table["attack_time"] = per_attack.groupby(level="cell_id").sum()
     else:
         table["attack_time"] = np.nan
-    plugin_columns = sorted(set(plugin_labels.values()))
-    return table, plugin_columns
+    return table, columns
 
 
-def leaderboard_columns(plugin_columns: Sequence[str] = ()) -> list[Column]:
+def leaderboard_columns(attack_value_columns: Sequence[Column | str] = ()) -> list[Column]:
     """The numeric columns in page order (Entry, Seeds, Collapsed and Kind are added around them).
 
     Headline first: ERS (the ranking key), ARS and R@1 right after the entry name; then the other
-    benign metrics, the raw attack values, plugin attacks, WHM and the cost columns.
+    benign metrics, the attack values as the rows describe them (:func:`attack_columns`), WHM and
+    the cost columns. A bare string is an attack value column with that key and label.
     """
     columns = [
         Column("ERS", "ERS", 1, 1.0, "Empirical Robustness Score, 0–100 (the ranking key)", "score"),
@@ -289,12 +307,9 @@ def leaderboard_columns(plugin_columns: Sequence[str] = ()) -> list[Column]:
         Column("mAP", "mAP", 1, 100.0, "mean average precision on the test split, %", "benign"),
         Column("NMI", "NMI", 1, 100.0, "normalised mutual information of k-means clusters, %", "benign"),
     ]
-    for key in ERS_KEYS:
-        arrow = "↑" if ATTACK_HIGHER_IS_ROBUST[key] else "↓"
-        columns.append(Column(key, f"{ATTACK_LABELS[key]} {arrow}", ATTACK_DECIMALS.get(key, 1), 1.0,
-                              f"{ATTACK_MEANING[key]} ({arrow} = more robust)", "attack"))
-    for label in plugin_columns:
-        columns.append(Column(label, label, 2, 1.0, f"plugin attack {label} (not part of ERS/ARS)", "plugin"))
+    for column in attack_value_columns:
+        columns.append(column if isinstance(column, Column)
+                       else Column(column, column, 2, 1.0, f"{column} (not part of ERS/ARS)", "plugin"))
     columns += [
         Column("WHM", "WHM", 1, 100.0, "weighted harmonic mean of train and test R@1, %", "score"),
         Column("train_pgd_steps", "PGD steps", 0, 1.0, "PGD steps per training batch", "cost", zero_std=False),
@@ -587,7 +602,7 @@ def plot_ers_vs_cost(summaries: Sequence[EntrySummary]) -> Figure:
     return Figure("ers-cost", "Robustness vs training cost", caption, _png(fig))
 
 
-def plot_attack_bars(summaries: Sequence[EntrySummary]) -> Figure:
+def plot_attack_bars(summaries: Sequence[EntrySummary], columns: Sequence[Column] = ()) -> Figure:
     caption = ("Each raw attack value is mapped to its ERS term (2·CA+, 100−CA−, 2·QA+, "
                "100−QA−, 100·(1−TMA), 50·(2−ES:D), ES:R, LTM, GTM, GTT) so all bars share one 0–100 scale where "
                "higher is more robust; ERS is the mean of the ten bars.")
@@ -600,9 +615,10 @@ def plot_attack_bars(summaries: Sequence[EntrySummary]) -> Figure:
     x = np.arange(len(ERS_KEYS))
     colors = _colors(len(summaries))
     for j, s in enumerate(shown):
-        terms = [ERS_TERMS[k](s.mean[k]) if math.isfinite(s.mean[k]) else np.nan for k in ERS_KEYS]
+        terms = [ERS_TERMS[k](s.mean[k]) if math.isfinite(s.mean.get(k, math.nan)) else np.nan for k in ERS_KEYS]
         ax.bar(x - 0.4 + width * (j + 0.5), terms, width, color=colors[summaries.index(s)], label=_label(s.entry))
-    ax.set_xticks(x, [ATTACK_LABELS[k] for k in ERS_KEYS])
+    labels = {c.key: c.label.rstrip(" ↑↓") for c in columns if c.group == "attack"}
+    ax.set_xticks(x, [labels.get(k, k) for k in ERS_KEYS])
     ax.set_ylabel("ERS term (0–100, ↑ robust)")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
@@ -763,8 +779,8 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
     boards = []
     for key in board_keys(frame):
         rows = _board_rows(frame, key)
-        table, plugin_columns = cell_table(rows)
-        columns = leaderboard_columns(plugin_columns)
+        table, value_columns = cell_table(rows)
+        columns = leaderboard_columns(value_columns)
         summaries = summarise(table, columns)
         split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)
         board = Board(key, columns, _table_rows(summaries, columns), protocol_lines(rows, key, split),
@@ -773,7 +789,7 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
                       replication=replication(summaries), activity=colo_activity(summaries),
                       activity_columns=[label for _, label in ACTIVITY_COLUMNS] + ["max clean C"])
         if plots:
-            figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries),
+            figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries, columns),
                        plot_training_curves(telemetry, summaries)]
             if board.activity:
                 figures.append(plot_clean_collapseness(telemetry, summaries))

@@ -27,6 +27,17 @@ RUN_KEY_COLUMNS = [
     "seed", "preset", "preset_version", "profile", "profile_version",
 ]
 ROW_COLUMNS = ["attack", "metric", "variant", "value"]
+# What a row's metric is, stored with it so that results describe themselves: the leaderboard
+# builds its columns from these, not from the registries. Attack rows carry their attack's
+# declared MetricSpec, hyper-parameters (JSON) and, for a plugin attack, its file's sha256.
+METRIC_COLUMNS = [
+    "metric_label",  # column label, e.g. "CA−"
+    "direction",  # which way is more robust: "higher", "lower", or "" (unknown / not an attack value)
+    "decimals",  # printed precision
+    "meaning",  # one line on what the value is
+    "attack_params",  # JSON of the attack's hyper-parameters ("" for non-attack rows)
+    "attack_plugin_hash",  # sha256 of a plugin attack's file ("" for built-ins)
+]
 CELL_COLUMNS = [
     "cell_id",  # config hash of the cell: the key that decides skip vs recompute
     "entry",  # display name: defense plus non-default parameters
@@ -43,12 +54,14 @@ PROVENANCE_COLUMNS = [
     "package_version", "git_commit", "torch_version", "faiss_version", "device_name",
     "config_hash", "created_at",
 ]
-ALL_COLUMNS = RUN_KEY_COLUMNS + ROW_COLUMNS + CELL_COLUMNS + PROVENANCE_COLUMNS
+ALL_COLUMNS = RUN_KEY_COLUMNS + ROW_COLUMNS + METRIC_COLUMNS + CELL_COLUMNS + PROVENANCE_COLUMNS
 
 COLUMN_TYPES = {
     "dataset": "string", "model": "string", "defense": "string", "defense_params": "string",
     "seed": "int64", "preset": "string", "preset_version": "int64", "profile": "string", "profile_version": "int64",
     "attack": "string", "metric": "string", "variant": "string", "value": "float64",
+    "metric_label": "string", "direction": "string", "decimals": "int64", "meaning": "string",
+    "attack_params": "string", "attack_plugin_hash": "string",
     "cell_id": "string", "entry": "string", "is_plugin": "bool", "plugin_source": "string",
     "plugin_hash": "string", "attack_plugin": "bool",
     "epsilon": "float64", "alpha": "float64", "attack_steps": "int64", "train_pgd_steps": "int64", "faithful": "bool",

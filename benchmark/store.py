@@ -43,7 +43,8 @@ from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 log = logging.getLogger(__name__)
 
 # 2: rows carry preset_version and faithful, and a cell id hashes the implementation versions.
-STORE_FORMAT = 2
+# 3: rows describe their metric (label, direction, decimals, meaning, attack hyper-parameters).
+STORE_FORMAT = 3
 MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"

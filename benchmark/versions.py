@@ -120,9 +120,10 @@ def fingerprint(cls: type, kind: str) -> str:
 
 def builtin_implementations() -> dict[str, dict[str, Any]]:
     """``{"defense:hm": {"version": 1, "fingerprint": "..."}, "attack:ca+": {...}, ...}`` for every built-in."""
-    from .registry import ATTACKS, DEFENSES, import_builtins
+    from .plugins import load_builtins
+    from .registry import ATTACKS, DEFENSES
 
-    import_builtins()
+    load_builtins()
     out: dict[str, dict[str, Any]] = {}
     for kind, registry in (("defense", DEFENSES), ("attack", ATTACKS)):
         for entry in registry.entries():

@@ -14,8 +14,9 @@ from benchmark.errors import BenchmarkError
 from benchmark.losses import Triplets, mine_random, mine_semihard, mine_softhard, triplet_loss
 from benchmark.models import C2F2, ResNet18Embedding
 from benchmark.pgd import PGDConfig, pgd
+from benchmark.plugins import load_builtins as import_builtins
 from benchmark.presets import PROFILES, Preset, get_preset, get_profile, profile_for_input
-from benchmark.registry import Registry, import_builtins
+from benchmark.registry import Registry
 from benchmark.telemetry import attention_mean, batch_telemetry, collapseness, is_collapsed
 from benchmark.trainer import train_model
 

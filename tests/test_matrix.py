@@ -32,7 +32,8 @@ from benchmark.cell import default_attack_names
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
 from benchmark.matrix import MatrixSummary, run_matrix
-from benchmark.registry import ATTACKS, import_builtins
+from benchmark.plugins import load_builtins as import_builtins
+from benchmark.registry import ATTACKS
 from benchmark.schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES, PROVENANCE_COLUMNS, TELEMETRY_COLUMNS
 from benchmark.scores import ARS_KEYS, ERS_KEYS, ers
 
@@ -114,7 +115,7 @@ def assert_store_consistent(results: Path, n_cells: int, attacks: tuple[str, ...
 
 def matrix_command(results: Path, defenses: tuple[str, ...], seeds: tuple[int, ...],
                    attacks: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "benchmark.matrix", "--datasets", "digits", "--defenses", ",".join(defenses),
+    return [sys.executable, "-m", "benchmark", "run", "--datasets", "digits", "--defenses", ",".join(defenses),
             "--seeds", ",".join(map(str, seeds)), "--preset", "smoke", "--attacks", ",".join(attacks),
             "--results", str(results), "--threads", str(THREADS), "--quiet"]
 
@@ -502,7 +503,8 @@ def test_two_processes_share_one_results_directory(smoke_run, tmp_path):
         assert proc.returncode == 0, err
 
     computed = 0
-    for out, _ in outputs:
+    for out, err in outputs:
+        out = out + err  # `rrb run` prints the table on stdout and the summary line on stderr
         match = re.search(r"(\d+) cells: (\d+) already done, (\d+) computed(?: \(.*?\))?"
                           r"(?:, (\d+) finished by another process)?;", out)
         assert match, out

@@ -26,15 +26,9 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.registry import (
-    ATTACKS,
-    DEFENSES,
-    PLUGIN_MODULE_PREFIX,
-    REGISTRIES,
-    import_builtins,
-    restore_registries,
-    snapshot_registries,
-)
+from benchmark.plugins import PLUGIN_MODULE_PREFIX, restore_registries, snapshot_registries
+from benchmark.plugins import load_builtins as import_builtins
+from benchmark.registry import ATTACKS, DEFENSES, REGISTRIES
 from benchmark.store import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -374,7 +368,7 @@ def test_broken_plugin_is_refused_and_writes_nothing(case, results_copy, tmp_pat
 
 def test_fixed_plugin_loads_after_a_failed_one(tmp_path, capsys):
     """A refused file leaves nothing behind, so its fixed version (same name) validates in the same process."""
-    from benchmark.plugins import validate_defense
+    from benchmark.validation import validate_defense
 
     plugin = tmp_path / "evolving.py"
     plugin.write_text(textwrap.dedent(HEADER + _defense("evolving", """

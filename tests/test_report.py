@@ -25,6 +25,17 @@ from benchmark.report import (
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 from benchmark.scores import ARS_KEYS, ars, ars_mean, ers, whm
 
+
+def described(attack: str, metric: str) -> dict:
+    """The metric description an attack row stores (the built-in attack's declared spec)."""
+    from benchmark.plugins import load_builtins as import_builtins
+    from benchmark.registry import ATTACKS
+
+    import_builtins()
+    spec = ATTACKS.create(attack).spec(metric)
+    return {"metric_label": spec.label, "direction": spec.direction, "decimals": spec.decimals,
+            "meaning": spec.meaning}
+
 # Built-in attacks and the metric keys each reports.
 ATTACK_METRICS = {"ca+": ["CA+"], "ca-": ["CA-"], "qa+": ["QA+"], "qa-": ["QA-"], "tma": ["TMA"],
                   "es": ["ES:D", "ES:R"], "ltm": ["LTM"], "gtm": ["GTM"], "gtt": ["GTT"]}
@@ -84,6 +95,8 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 "package_version": "0.1.0", "git_commit": "abc123def456", "torch_version": "2.5.0",
                 "faiss_version": "1.8.0", "device_name": "cpu (2 threads)", "config_hash": cell_id,
                 "created_at": start + timedelta(hours=spec_index, minutes=seed),
+                "metric_label": "", "direction": "", "decimals": 4, "meaning": "", "attack_params": "",
+                "attack_plugin_hash": "",
             }
 
             def add(attack, metric, value, variant="", base=base, **extra):
@@ -101,12 +114,14 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                     if dropped and metric == "GTT":
                         continue
                     timing = {"attack_seconds": ATTACK_SECONDS, "queries_per_second": 64 / ATTACK_SECONDS}
-                    add(attack, metric, after[metric], "adversarial", **timing)
-                    add(attack, metric, CLEAN_VALUES[metric], "clean", **timing)
+                    add(attack, metric, after[metric], "adversarial", **timing, **described(attack, metric))
+                    add(attack, metric, CLEAN_VALUES[metric], "clean", **timing, **described(attack, metric))
             if plugin_attack:
                 # A plugin attack: shown as its own column, never part of ERS/ARS.
-                add("my-attack", "MY", 7.0 + seed, "adversarial", attack_plugin=True, attack_seconds=0.5)
-                add("my-attack", "MY", 1.0, "clean", attack_plugin=True, attack_seconds=0.5)
+                mine = {"metric_label": "MY", "decimals": 2, "meaning": "my plugin attack's value",
+                        "attack_plugin_hash": "beef" * 16}
+                add("my-attack", "MY", 7.0 + seed, "adversarial", attack_plugin=True, attack_seconds=0.5, **mine)
+                add("my-attack", "MY", 1.0, "clean", attack_plugin=True, attack_seconds=0.5, **mine)
             if not dropped:
                 add("score", "ERS", ers(after))
                 before = {k: CLEAN_VALUES[k] for k in ARS_KEYS}

@@ -23,7 +23,7 @@ def synthetic_rows(cell_id: str, *, dataset: str = "digits", entry: str = "nt", 
                    ers: float = 10.0) -> pd.DataFrame:
     base = {c: "" for c in ALL_COLUMNS}
     base.update(dataset=dataset, model="c2f2", defense=entry, defense_params="{}", seed=seed, preset="smoke",
-                preset_version=1, faithful=False, profile="rob28", profile_version=1, cell_id=cell_id, entry=entry, is_plugin=False,
+                preset_version=1, faithful=False, profile="rob28", profile_version=1, decimals=1, cell_id=cell_id, entry=entry, is_plugin=False,
                 attack_plugin=False, epsilon=0.3, alpha=0.01, attack_steps=32, train_pgd_steps=0, epochs=2,
                 batch_pairs=32, attack_queries=64, attention_lambda=0.5, collapsed=False, train_seconds=3.5,
                 seconds_per_epoch=1.75, attack_seconds=0.0, queries_per_second=0.0, eval_seconds=1.0,

@@ -18,8 +18,9 @@ import torch
 from benchmark.datasets import SPC2Sampler, load_digits
 from benchmark.defense import TrainContext
 from benchmark.models import C2F2
+from benchmark.plugins import load_builtins as import_builtins
 from benchmark.presets import PROFILES
-from benchmark.registry import DEFENSES, import_builtins
+from benchmark.registry import DEFENSES
 
 ROB28 = PROFILES["rob28"]
 PAIRS = 64  # the quick preset's batch

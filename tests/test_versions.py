@@ -11,14 +11,9 @@ import pytest
 
 from benchmark import versions
 from benchmark.cell import CellConfig, resolve
-from benchmark.registry import (
-    ATTACKS,
-    DEFENSES,
-    import_builtins,
-    load_plugin_file,
-    restore_registries,
-    snapshot_registries,
-)
+from benchmark.plugins import load_builtins as import_builtins
+from benchmark.plugins import load_plugin_file, restore_registries, snapshot_registries
+from benchmark.registry import ATTACKS, DEFENSES
 
 
 def test_every_builtin_matches_its_recorded_version_and_fingerprint() -> None:

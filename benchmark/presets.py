@@ -64,7 +64,7 @@ SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_q
 # default job (digits, every built-in defense, one seed) finishes within 40 minutes on 2 CPU
 # cores, and the omniglot-small board (every built-in defense, two seeds) in about four hours.
 # (quick v1 divided the training PGD steps by 16: not the published defenses; retired.)
-QUICK = Preset("quick", epochs=5, batch_pairs=64, train_pgd_divisor=1, attack_queries=128,
+QUICK = Preset("quick", epochs=4, batch_pairs=64, train_pgd_divisor=1, attack_queries=128,
                attack_batch=128, epochs_by_dataset=(("omniglot", 10),), version=2,
                description="the published adversaries at reduced epochs and 128 attack queries: "
                            "the default and the reference boards")

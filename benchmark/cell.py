@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,8 +19,9 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .datasets import DatasetBundle, load_dataset
-from .defense import Defense, defense_pgd_steps
+from .defense import Defense
 from .errors import BenchmarkError
 from .evaluation import embed_split
 from .models import build_model
@@ -218,16 +217,7 @@ def save_checkpoint(cell: ResolvedCell, model: torch.nn.Module, history: TrainHi
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(cell: ResolvedCell, path: Path) -> TrainedModel | None:
@@ -296,16 +286,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
-def pgd_steps_of(defense: Defense) -> int:
-    return defense_pgd_steps(defense)
-
-
 @dataclass
 class CellOutput:
     """A finished cell: its tidy rows (schema.ALL_COLUMNS) and its per-step telemetry."""
@@ -316,8 +296,13 @@ class CellOutput:
     trained: TrainedModel
 
 
-def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True) -> CellOutput:
-    """Embed the clean gallery once, score benign retrieval, run the whole attack suite, build rows."""
+def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
+                  queries: int | str | None = None) -> CellOutput:
+    """Embed the clean gallery once, score benign retrieval, run the whole attack suite, build rows.
+
+    ``queries`` overrides the preset's attack query budget (``"all"``: every test image); the matrix
+    never passes it, so stored cells always follow their preset (``rrb attack --queries``).
+    """
     import pandas as pd
 
     from attacks.runner import run_attacks, select_queries
@@ -337,7 +322,8 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
 
     gallery = Gallery(gallery_embeddings, cell.bundle.test.labels.to(cell.device))
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names]
-    query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+    budget = cell.preset.attack_queries if queries is None else (None if queries == "all" else int(queries))
+    query_index = select_queries(len(cell.bundle.test), budget, cell.config.seed)
     pgd_config = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
     report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, pgd_config,
                          query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,

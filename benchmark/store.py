@@ -15,9 +15,9 @@ Both files are written to a temp file in the same folder and moved into place wi
 beside it. A file name is the config hash, so a changed setting is a new file, never an
 overwrite, and the union can never hold a cell twice.
 
-Several processes (or Dask workers on several hosts) may share one results directory: a per-cell
-lock file created with ``O_CREAT | O_EXCL`` holds the pid and hostname of its owner; a lock whose
-owner is a dead process on this host is stale and is broken.
+Several processes (or Dask workers on several hosts) may share one results directory through
+per-cell lock files (:mod:`benchmark.locks`); ``rrb results`` formats the store with
+:mod:`benchmark.results_table`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import tempfile
-import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_write, temp_prefix
 from .errors import BenchmarkError
 from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 
@@ -48,11 +47,7 @@ STORE_FORMAT = 3
 MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"
-# A lock file that stays empty or unparseable this long was left by a process killed between
-# creating and writing it (a window of microseconds), so it may be broken.
-UNREADABLE_LOCK_GRACE_S = 60.0
-
-TABLE_FORMATS = ("table", "csv", "json")
+AUDITS_DIR = "audits"  # attack-strength audits of cells (benchmark.audit), keyed by audit id
 
 
 class CorruptCellWarning(UserWarning):
@@ -65,6 +60,10 @@ class CorruptCellWarning(UserWarning):
 
 def cell_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
     return Path(results_dir) / CELLS_DIR / dataset / f"{cell_id}.parquet"
+
+
+def audit_path(results_dir: str | os.PathLike, dataset: str, audit_id: str) -> Path:
+    return Path(results_dir) / AUDITS_DIR / dataset / f"{audit_id}.parquet"
 
 
 def telemetry_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
@@ -165,34 +164,29 @@ def _telemetry_types(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write to a temp file in the target folder, flush it to disk, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write the Parquet file to a temp file beside ``path``, flush it to disk, then ``os.replace``."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _remove_leftover_temps(path: Path) -> None:
     """Temp files of this cell left by a killed writer (only the lock holder calls this)."""
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+    for leftover in path.parent.glob(f"{temp_prefix(path)}*.tmp"):
         try:
             leftover.unlink()
         except OSError:
             pass
 
 
-def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> Path:
-    """Store one finished cell: its telemetry, then its rows (the completion point). Returns the rows path."""
+def write_audit(results_dir: str | os.PathLike, rows: pd.DataFrame) -> Path:
+    """Store one finished audit (rows of one cell, ``config_hash`` = the audit id) under ``audits/``."""
+    return write_cell(results_dir, rows, None, audit=True)
+
+
+def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd.DataFrame | None = None, *,
+               audit: bool = False) -> Path:
+    """Store one finished cell: its telemetry, then its rows (the completion point). Returns the rows path.
+
+    ``audit``: the rows are an audit of the cell: filed under ``audits/`` by their ``config_hash``."""
     missing = [c for c in ALL_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"cell rows lack schema columns: {missing}")
@@ -204,7 +198,14 @@ def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd
         raise ValueError(f"rows of one cell must share cell_id and dataset, got {list(cell_ids)} / {list(datasets)}")
     cell_id, dataset = str(cell_ids[0]), str(datasets[0])
     rows = coerce_types(rows[ALL_COLUMNS].reset_index(drop=True))
-    path = cell_path(results_dir, dataset, cell_id)
+    if audit:
+        hashes = rows["config_hash"].unique()
+        if len(hashes) != 1:
+            raise ValueError(f"rows of one audit must share config_hash, got {list(hashes)}")
+        cell_id = str(hashes[0])  # the file's key: the audit id
+        path = audit_path(results_dir, dataset, cell_id)
+    else:
+        path = cell_path(results_dir, dataset, cell_id)
     _remove_leftover_temps(path)
 
     if telemetry is not None:
@@ -269,13 +270,14 @@ def read_cell_file(path: str | os.PathLike) -> CellFile:
         rows = coerce_types(table.to_pandas()[ALL_COLUMNS])
     except Exception as exc:
         return CellFile(path, None, f"columns of the wrong type ({type(exc).__name__}: {exc})")
-    if set(rows["cell_id"].unique()) != {cell_id}:
+    key = "config_hash" if path.parent.parent.name == AUDITS_DIR else "cell_id"
+    if set(rows[key].unique()) != {cell_id}:
         return CellFile(path, None, "rows of another cell inside")
     return CellFile(path, rows)
 
 
-def cell_files(results_dir: str | os.PathLike, dataset: str | None = None) -> list[Path]:
-    root = Path(results_dir) / CELLS_DIR
+def cell_files(results_dir: str | os.PathLike, dataset: str | None = None, *, folder: str = CELLS_DIR) -> list[Path]:
+    root = Path(results_dir) / folder
     pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
     return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
 
@@ -287,10 +289,11 @@ def _report_corrupt(cell: CellFile) -> None:
 
 
 def load_results(results_dir: str | os.PathLike, dataset: str | None = None) -> pd.DataFrame:
-    """The union of every valid cell file, typed per schema.COLUMN_TYPES.
+    """The union of every valid cell file (and audit file), typed per schema.COLUMN_TYPES.
 
     Corrupt or partial files are left out with a CorruptCellWarning (and a log line); a
-    missing results directory is an empty store.
+    missing results directory is an empty store. Audit rows (``attack == "audit"``) carry the
+    audited cell's ``cell_id``; an audit whose cell is not in the store is left out.
     """
     frames = []
     for path in cell_files(results_dir, dataset):
@@ -299,6 +302,13 @@ def load_results(results_dir: str | os.PathLike, dataset: str | None = None) -> 
             frames.append(cell.rows)
         else:
             _report_corrupt(cell)
+    cell_ids = {str(f["cell_id"].iloc[0]) for f in frames}
+    for path in cell_files(results_dir, dataset, folder=AUDITS_DIR):
+        audit = read_cell_file(path)
+        if not audit.valid:
+            _report_corrupt(audit)
+        elif str(audit.rows["cell_id"].iloc[0]) in cell_ids:
+            frames.append(audit.rows)
     if not frames:
         return empty_results()
     return coerce_types(pd.concat(frames, ignore_index=True))
@@ -325,171 +335,3 @@ def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
     if not frames:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in TELEMETRY_COLUMNS})
     return _telemetry_types(pd.concat(frames, ignore_index=True))
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting for `rrb results`
-
-SUMMARY_METRICS = (("benign", "R@1", "R@1"), ("score", "ERS", "ERS"), ("score", "ARS", "ARS"),
-                   ("score", "WHM", "WHM"))
-SUMMARY_KEYS = ["dataset", "preset", "profile", "entry", "seed"]
-
-
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, preset, profile, entry, seed): R@1, ERS, ARS, WHM, train seconds and the
-    training PGD steps per batch actually run (each defense's own count at a faithful preset)."""
-    columns = SUMMARY_KEYS + [label for _, _, label in SUMMARY_METRICS] + ["train_s", "pgd_steps", "cell_id"]
-    if df.empty:
-        return pd.DataFrame(columns=columns)
-    keys = SUMMARY_KEYS + ["cell_id"]
-    out = df.groupby(keys, sort=True, observed=True).agg(train_s=("train_seconds", "first"),
-                                                          pgd_steps=("train_pgd_steps", "first")).reset_index()
-    for attack, metric, label in SUMMARY_METRICS:
-        picked = df[(df["attack"] == attack) & (df["metric"] == metric)]
-        values = picked.groupby("cell_id", observed=True)["value"].first().rename(label)
-        out = out.merge(values, left_on="cell_id", right_index=True, how="left")
-    out["cell_id"] = out["cell_id"].str.slice(0, 12)
-    return out[columns].reset_index(drop=True)
-
-
-def format_results(df: pd.DataFrame, fmt: str = "table") -> str:
-    """Render results for ``rrb results``: ``table`` (one line per entry and seed), or the long rows as csv/json."""
-    if fmt not in TABLE_FORMATS:
-        raise BenchmarkError(f"unknown results format {fmt!r}; accepted: {', '.join(TABLE_FORMATS)}")
-    if fmt == "csv":
-        return df.to_csv(index=False)
-    if fmt == "json":
-        return df.to_json(orient="records", date_format="iso", indent=1) + "\n"
-    if df.empty:
-        return "(no results)\n"
-    table = summary_table(df)
-    formatters = {"R@1": "{:.4f}".format, "WHM": "{:.4f}".format, "ERS": "{:.1f}".format,
-                  "ARS": "{:.1f}".format, "train_s": "{:.1f}".format}
-    return table.to_string(index=False, formatters=formatters, na_rep="-") + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-cell locks
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-@dataclass
-class LockOwner:
-    pid: int | None
-    host: str | None
-    created: float | None
-
-    def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}" if self.pid is not None else "an unknown process"
-
-
-def read_lock(path: Path) -> LockOwner | None:
-    """The owner written in a lock file; ``None`` when there is no lock file."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return LockOwner(None, None, None)
-    try:
-        data = json.loads(text)
-        return LockOwner(int(data["pid"]), str(data["host"]), float(data.get("created", 0.0)))
-    except (ValueError, KeyError, TypeError):
-        return LockOwner(None, None, None)
-
-
-def lock_is_stale(path: Path, owner: LockOwner) -> bool:
-    """A lock is stale when its owner is a dead process on this host (or it was never written)."""
-    if owner.pid is None:
-        try:
-            return time.time() - path.stat().st_mtime > UNREADABLE_LOCK_GRACE_S
-        except FileNotFoundError:
-            return True
-    return owner.host == socket.gethostname() and not _pid_alive(owner.pid)
-
-
-class CellLock:
-    """An exclusive claim on computing one cell, held through a lock file.
-
-    ``CellLock.acquire`` returns ``None`` when another live process holds the cell.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()})
-
-    @classmethod
-    def acquire(cls, results_dir: str | os.PathLike, dataset: str, cell_id: str) -> CellLock | None:
-        lock = cls(lock_path(results_dir, dataset, cell_id))
-        lock.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            if lock._create():
-                return lock
-            owner = read_lock(lock.path)
-            if owner is None:
-                continue  # released between our attempt and the read: try again
-            if not lock_is_stale(lock.path, owner) or not _break_stale(lock.path, owner):
-                return None
-        return None
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, self.token.encode())
-        finally:
-            os.close(fd)
-        return True
-
-    def release(self) -> None:
-        """Remove the lock file, if it is still ours."""
-        try:
-            if self.path.read_text() == self.token:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> CellLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _break_stale(path: Path, owner: LockOwner) -> bool:
-    """Remove a stale lock, unless someone else breaks (and re-takes) it first.
-
-    A short-lived ``.break`` file serialises breakers: without it, two processes that both saw
-    the same stale lock could each delete it and one could delete the other's fresh lock.
-    """
-    breaker = path.with_name(path.name + ".break")
-    try:
-        fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.close(fd)
-    except FileExistsError:
-        try:  # a breaker that died mid-break leaves this file behind
-            if time.time() - breaker.stat().st_mtime > UNREADABLE_LOCK_GRACE_S:
-                breaker.unlink()
-        except FileNotFoundError:
-            pass
-        return False
-    try:
-        if read_lock(path) == owner:  # still the lock we judged stale
-            path.unlink()
-            log.info("broke stale lock %s held by %s", path, owner.describe())
-        return True
-    except FileNotFoundError:
-        return True
-    finally:
-        breaker.unlink()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from benchmark import datasets
-from benchmark.datasets import SPC2Sampler, Split, clear_dataset_memo, load_dataset
+from benchmark.datasets import SPC2Sampler, Split, clear_dataset_memo, load_dataset, omniglot, rgb
 from benchmark.errors import BenchmarkError
 from benchmark.registry import DATASETS
 
@@ -309,13 +309,13 @@ def test_missing_listed_image_names_the_file(tmp_path):
 class DecodeCounter:
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = datasets._decode_rgb_images
+        real = rgb._decode_rgb_images
 
         def counting(*args, **kwargs):
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(datasets, "_decode_rgb_images", counting)
+        monkeypatch.setattr(rgb, "_decode_rgb_images", counting)
 
 
 def cache_files(cache: Path) -> list[Path]:
@@ -337,7 +337,7 @@ def test_second_load_reads_disk_cache_not_images(tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("decoded again despite the disk cache")
 
-    monkeypatch.setattr(datasets, "_decode_rgb_images", refuse)
+    monkeypatch.setattr(rgb, "_decode_rgb_images", refuse)
     second = load_dataset("cub", tmp_path / "data", cache_dir=cache)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)
@@ -383,7 +383,7 @@ def test_omniglot_uses_the_disk_cache(tmp_path, monkeypatch):
     make_omniglot_folders(tmp_path / "data")
     first = load_dataset("omniglot", tmp_path / "data", cache_dir=tmp_path / "cache")
     clear_dataset_memo()
-    monkeypatch.setattr(datasets, "_decode_omniglot_images",
+    monkeypatch.setattr(omniglot, "_decode_omniglot_images",
                         lambda *_: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = load_dataset("omniglot", tmp_path / "data", cache_dir=tmp_path / "cache")
     assert torch.equal(first.test.images, second.test.images)

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark import store
+from benchmark import locks, results_table, store
 from benchmark.errors import BenchmarkError
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 
@@ -80,7 +80,7 @@ def test_empty_store_is_typed_and_empty(tmp_path):
     df = store.load_results(tmp_path / "nowhere")
     assert df.empty
     assert_schema_types(df)
-    assert store.format_results(df) == "(no results)\n"
+    assert results_table.format_results(df) == "(no results)\n"
 
 
 def test_write_rejects_mixed_cells(tmp_path):
@@ -135,14 +135,14 @@ def test_check_results_dir(tmp_path, monkeypatch):
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
-    first = store.CellLock.acquire(tmp_path, "digits", "a" * 64)
+    first = locks.CellLock.acquire(tmp_path, "digits", "a" * 64)
     assert first is not None
-    assert store.CellLock.acquire(tmp_path, "digits", "a" * 64) is None  # held by a live process (us)
-    owner = store.read_lock(first.path)
+    assert locks.CellLock.acquire(tmp_path, "digits", "a" * 64) is None  # held by a live process (us)
+    owner = locks.read_lock(first.path)
     assert owner.pid == os.getpid() and owner.host == socket.gethostname()
     first.release()
     assert not first.path.exists()
-    again = store.CellLock.acquire(tmp_path, "digits", "a" * 64)
+    again = locks.CellLock.acquire(tmp_path, "digits", "a" * 64)
     assert again is not None
     again.release()
 
@@ -152,18 +152,18 @@ def test_stale_lock_of_dead_process_is_broken(tmp_path):
     path = store.lock_path(tmp_path, "digits", "a" * 64)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "created": 0}))
-    lock = store.CellLock.acquire(tmp_path, "digits", "a" * 64)
-    assert lock is not None and store.read_lock(path).pid == os.getpid()
+    lock = locks.CellLock.acquire(tmp_path, "digits", "a" * 64)
+    assert lock is not None and locks.read_lock(path).pid == os.getpid()
     assert not path.with_name(path.name + ".break").exists()
     lock.release()
 
     # Another host's lock cannot be judged from here: it is respected.
     path.write_text(json.dumps({"pid": int(dead.stdout), "host": "elsewhere", "created": 0}))
-    assert store.CellLock.acquire(tmp_path, "digits", "a" * 64) is None
+    assert locks.CellLock.acquire(tmp_path, "digits", "a" * 64) is None
 
 
 def test_release_leaves_someone_elses_lock(tmp_path):
-    lock = store.CellLock.acquire(tmp_path, "digits", "a" * 64)
+    lock = locks.CellLock.acquire(tmp_path, "digits", "a" * 64)
     lock.path.write_text(json.dumps({"pid": 1, "host": "other", "created": 0}))
     lock.release()
     assert lock.path.exists()
@@ -173,21 +173,21 @@ def test_format_results(tmp_path):
     store.write_cell(tmp_path, synthetic_rows("a" * 64))
     store.write_cell(tmp_path, synthetic_rows("b" * 64, entry="act", seed=1, ers=40.0))
     df = store.load_results(tmp_path)
-    table = store.format_results(df, "table")
+    table = results_table.format_results(df, "table")
     lines = table.strip().splitlines()
     assert len(lines) == 3  # header + one line per entry x seed
     assert "ERS" in lines[0] and "train_s" in lines[0]
     assert any("act" in line and "40.0" in line and "0.9000" in line for line in lines[1:])
 
-    summary = store.summary_table(df)
+    summary = results_table.summary_table(df)
     assert list(summary["ERS"]) == [40.0, 10.0] or list(summary["ERS"]) == [10.0, 40.0]
 
-    csv = store.format_results(df, "csv")
+    csv = results_table.format_results(df, "csv")
     assert csv.splitlines()[0].split(",") == ALL_COLUMNS and len(csv.splitlines()) == 15
-    records = json.loads(store.format_results(df, "json"))
+    records = json.loads(results_table.format_results(df, "json"))
     assert len(records) == 14 and records[0]["created_at"].startswith("2024-01-02")
     with pytest.raises(BenchmarkError, match="accepted: table, csv, json"):
-        store.format_results(df, "xml")
+        results_table.format_results(df, "xml")
 
 
 def test_load_results_never_raises_on_foreign_files(tmp_path):

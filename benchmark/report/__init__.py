@@ -1,0 +1,52 @@
+"""Leaderboards from the results store (SPEC §8): one HTML page and one Markdown file per
+(dataset, preset, profile), an index linking them, and the plots they embed.
+
+The page is a template over data (the RobustBench idea): this module turns the tidy long rows of
+:mod:`benchmark.schema` into one :class:`Board` per (dataset, preset, profile id + version) —
+entries aggregated over seeds as mean ± std with n — and hands it to the jinja2 templates in
+``benchmark/templates``. HTML is rendered with autoescape on; Markdown escapes every value it
+prints (``|``, ``<``, ``>``, ``&`` and the inline markup characters), so a defense or parameter
+named ``<script>...`` is shown as text on both.
+
+Plots are drawn with matplotlib's Agg backend at dpi 100, embedded in the HTML as base64 PNG data
+URIs (the page fetches nothing) and written as PNG files beside the Markdown, which links them.
+Rendering is deterministic: the same store gives the same bytes (no "generated at" clock time;
+the page shows the created-at range of the rows instead).
+
+The package has three parts: :mod:`.tables` (data and aggregation), :mod:`.plots` (figures) and
+:mod:`.render` (templates and the entry points).
+"""
+
+from .plots import (
+    plot_attack_bars,
+    plot_clean_collapseness,
+    plot_ers_vs_cost,
+    plot_ers_vs_r1,
+    plot_training_curves,
+    training_curves,
+)
+from .protocol import protocol_lines, provenance_lines
+from .render import build_boards, markdown_escape, render_from_store, render_leaderboards
+from .tables import (
+    NON_ATTACK_GROUPS,
+    Board,
+    BoardKey,
+    Cell,
+    Column,
+    EntrySummary,
+    Figure,
+    Row,
+    attack_columns,
+    board_keys,
+    cell_table,
+    format_stat,
+    leaderboard_columns,
+    pareto_front,
+    summarise,
+)
+
+__all__ = ["NON_ATTACK_GROUPS", "Board", "BoardKey", "Cell", "Column", "EntrySummary", "Figure", "Row",
+           "attack_columns", "board_keys", "build_boards", "cell_table", "format_stat", "leaderboard_columns",
+           "markdown_escape", "pareto_front", "plot_attack_bars", "plot_clean_collapseness", "plot_ers_vs_cost",
+           "plot_ers_vs_r1", "plot_training_curves", "protocol_lines", "provenance_lines", "render_from_store",
+           "render_leaderboards", "summarise", "training_curves"]

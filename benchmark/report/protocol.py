@@ -1,0 +1,107 @@
+"""What every leaderboard page states about itself: the protocol (split, threat model, preset,
+training adversary, seeds) and the provenance (versions, commits, devices, when), from the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from .tables import BoardKey
+
+
+def _fraction_of_255(value: float) -> str:
+    scaled = value * 255.0
+    if abs(scaled - round(scaled)) < 1e-6:
+        return f"{int(round(scaled))}/255 = {value:.4f}"
+    return f"{scaled:.2f}/255 = {value:.4f}"
+
+
+def _unique(rows: pd.DataFrame, column: str) -> list[Any]:
+    if column not in rows.columns:
+        return []
+    values = rows[column].dropna().unique().tolist()
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def _join(values: Sequence[Any], fmt: Any = str) -> str:
+    return ", ".join(fmt(v) for v in values) if len(values) else "unknown"
+
+
+def _registry_description(registry_name: str, name: str) -> str:
+    """A registry's description of ``name`` (the dataset split, the preset), or "" if unknown."""
+    try:
+        from .. import registry
+        from ..plugins import load_builtins
+
+        load_builtins()
+        return getattr(registry, registry_name).get(name).description
+    except Exception:  # an unknown or plugin name only loses the description line
+        return ""
+
+
+def _registry_preset_version(name: str) -> int | None:
+    try:
+        from ..plugins import load_builtins
+        from ..registry import PRESETS
+
+        load_builtins()
+        return int(PRESETS.get(name).obj.version)
+    except Exception:
+        return None
+
+
+def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) -> list[tuple[str, str]]:
+    lines = [("Dataset", key.dataset + (f" — {split_description}" if split_description else ""))]
+    profile = f"{key.profile} (version {key.profile_version})"
+    lines.append(("Attack profile", profile))
+    eps = _unique(rows, "epsilon")
+    alpha = _unique(rows, "alpha")
+    steps = _unique(rows, "attack_steps")
+    lines.append(("ε (L∞ budget)", _join(eps, _fraction_of_255)))
+    lines.append(("α (step size)", _join(alpha, _fraction_of_255)))
+    lines.append(("Attack PGD steps", _join(steps, lambda v: str(int(v)))))
+    preset_text = key.preset_id
+    description = _registry_description("PRESETS", key.preset)
+    if description and _registry_preset_version(key.preset) == key.preset_version:
+        preset_text += f" — {description}"
+    lines.append(("Preset", preset_text))
+    if "faithful" in rows.columns:
+        adversary = ("each defense's own published training adversary (ε, PGD steps, step size, schedules, "
+                     "stopping rules)" if bool(rows["faithful"].all())
+                     else "REDUCED (training PGD steps divided, step multiplied): not a ranking")
+        lines.append(("Training adversary", adversary))
+    lines.append(("Epochs", _join(_unique(rows, "epochs"), lambda v: str(int(v)))))
+    lines.append(("Batch", _join(_unique(rows, "batch_pairs"),
+                                 lambda v: f"{int(v)} pairs (SPC-2, {2 * int(v)} images)")))
+    lines.append(("Attack queries", _join(_unique(rows, "attack_queries"), lambda v: str(int(v)))))
+    lines.append(("Seeds", _join(_unique(rows, "seed"), lambda v: str(int(v)))))
+    lines.append(("Models", _join(_unique(rows, "model"))))
+    return lines
+
+
+def provenance_lines(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    lines = [
+        ("Package version", _join(_unique(rows, "package_version"))),
+        ("Git commit(s)", _join(_unique(rows, "git_commit"))),
+        ("torch", _join(_unique(rows, "torch_version"))),
+        ("faiss", _join(_unique(rows, "faiss_version"))),
+        ("Device(s)", _join(_unique(rows, "device_name"))),
+    ]
+    if "created_at" in rows.columns and rows["created_at"].notna().any():
+        created = pd.to_datetime(rows["created_at"], utc=True)
+        first, last = created.min(), created.max()
+        text = first.strftime("%Y-%m-%d %H:%M UTC")
+        if last.floor("min") != first.floor("min"):
+            text += " – " + last.strftime("%Y-%m-%d %H:%M UTC")
+        lines.append(("Created", text))
+    else:
+        lines.append(("Created", "unknown"))
+    lines.append(("Cells", str(rows["cell_id"].nunique())))
+    return lines
+
+

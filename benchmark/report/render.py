@@ -1,0 +1,169 @@
+"""Rendering: the jinja2 templates over :class:`~benchmark.report.tables.Board` data, and the entry points.
+
+HTML is rendered with autoescape on; Markdown escapes every value it prints (``|``, ``<``, ``>``,
+``&`` and the inline markup characters), so a defense or parameter named ``<script>...`` is shown
+as text on both. Rendering is deterministic: the same store gives the same bytes (no "generated
+at" clock time; the page shows the created-at range of the rows instead).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from ..errors import BenchmarkError
+from ..replication import ACTIVITY_COLUMNS, colo_activity, replication
+from .plots import (
+    plot_attack_bars,
+    plot_clean_collapseness,
+    plot_ers_vs_cost,
+    plot_ers_vs_r1,
+    plot_training_curves,
+)
+from .protocol import _registry_description, _unique, protocol_lines, provenance_lines
+from .tables import (
+    Board,
+    _board_rows,
+    _check_frame,
+    _table_rows,
+    board_keys,
+    cell_table,
+    leaderboard_columns,
+    summarise,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # templates and static files live in benchmark/
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def markdown_escape(value: Any) -> str:
+    """Text safe inside a Markdown table cell: markup characters backslash-escaped, HTML made inert.
+
+    ``<``, ``>`` and ``&`` become entities (so raw HTML never reaches a renderer that passes it
+    through), ``|`` cannot end a cell, and line breaks become spaces.
+    """
+    if isinstance(value, Markup):
+        return str(value)
+    text = "" if value is None else str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def _environment(kind: str) -> Environment:
+    if kind == "html":
+        env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True, lstrip_blocks=True,
+                          autoescape=select_autoescape(enabled_extensions=("html", "html.j2"),
+                                                       default_for_string=True, default=True),
+                          keep_trailing_newline=True)
+    else:
+        # Markdown has no autoescape of its own: every printed value goes through markdown_escape.
+        env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True, lstrip_blocks=True,
+                          autoescape=False, finalize=markdown_escape, keep_trailing_newline=True)
+    return env
+
+
+def _static(name: str) -> Markup:
+    # Our own files, inlined so the page needs no network and no neighbouring files.
+    return Markup((STATIC_DIR / name).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *,
+                 split_descriptions: Mapping[str, str] | None = None, plots: bool = True) -> list[Board]:
+    """Every leaderboard the store holds, aggregated, with its protocol, provenance and plots."""
+    frame = _check_frame(results)
+    boards = []
+    for key in board_keys(frame):
+        rows = _board_rows(frame, key)
+        table, value_columns = cell_table(rows)
+        audited = bool((rows["attack"] == "audit").any())
+        columns = leaderboard_columns(value_columns, audited=audited)
+        summaries = summarise(table, columns)
+        split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)
+        board = Board(key, columns, _table_rows(summaries, columns), protocol_lines(rows, key, split),
+                      provenance_lines(rows), seeds=[int(s) for s in _unique(rows, "seed")],
+                      split_description=split, faithful=bool(rows["faithful"].all()),
+                      replication=replication(summaries), activity=colo_activity(summaries),
+                      activity_columns=[label for _, label in ACTIVITY_COLUMNS] + ["max clean C"],
+                      audited=audited)
+        if plots:
+            figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries, columns),
+                       plot_training_curves(telemetry, summaries)]
+            if board.activity:
+                figures.append(plot_clean_collapseness(telemetry, summaries))
+            for figure in figures:
+                figure.file = f"{key.slug}-{figure.name}.png" if figure.png else ""
+            board.figures = figures
+        boards.append(board)
+    return boards
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def render_leaderboards(results: pd.DataFrame, telemetry: pd.DataFrame | None, out_dir: Path, *,
+                        split_descriptions: Mapping[str, str] | None = None) -> list[Path]:
+    """Write ``<slug>.html``, ``<slug>.md`` and the PNG plots per leaderboard, plus ``index.html``/``index.md``.
+
+    ``results`` is the store in the tidy long schema (:mod:`benchmark.schema`); ``telemetry`` the
+    per-step table (``TELEMETRY_COLUMNS``) or None; ``split_descriptions`` maps a dataset name to
+    the text describing its split (default: the dataset registry's description). Returns every
+    file written, index pages last.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BenchmarkError(f"cannot create the leaderboard folder {out_dir}: {error}") from None
+    boards = build_boards(results, telemetry, split_descriptions=split_descriptions)
+    html_env, md_env = _environment("html"), _environment("md")
+    style, script = _static("leaderboard.css"), _static("leaderboard.js")
+    written: list[Path] = []
+    for board in boards:
+        for figure in board.figures:
+            if figure.png:
+                written.append(_write(out_dir / figure.file, figure.png))
+        context = {"board": board, "style": style, "script": script}
+        written.append(_write(out_dir / f"{board.key.slug}.html",
+                              html_env.get_template("leaderboard.html.j2").render(**context)))
+        written.append(_write(out_dir / f"{board.key.slug}.md",
+                              md_env.get_template("leaderboard.md.j2").render(**context)))
+    context = {"boards": boards, "style": style}
+    written.append(_write(out_dir / "index.html", html_env.get_template("index.html.j2").render(**context)))
+    written.append(_write(out_dir / "index.md", md_env.get_template("index.md.j2").render(**context)))
+    return written
+
+
+def render_from_store(results_dir: Path, out_dir: Path, *, dataset: str | None = None,
+                      split_descriptions: Mapping[str, str] | None = None) -> list[Path]:
+    """Load the store in ``results_dir`` (rows and telemetry) and render its leaderboards into ``out_dir``."""
+    from ..store import load_results, load_telemetry  # lazy: the store module is not needed to render frames
+
+    results = load_results(Path(results_dir), dataset=dataset)
+    if results.empty:
+        raise BenchmarkError(f"no results in {results_dir}" + (f" for dataset {dataset!r}" if dataset else "")
+                             + ": nothing to render (run a matrix first, e.g. `rrb run`)")
+    try:
+        telemetry = load_telemetry(Path(results_dir), dataset=dataset,
+                                   cell_ids=results["cell_id"].astype(str).unique().tolist())
+    except BenchmarkError:
+        telemetry = None  # leaderboards without training curves are still leaderboards
+    return render_leaderboards(results, telemetry, Path(out_dir), split_descriptions=split_descriptions)

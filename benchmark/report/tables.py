@@ -1,0 +1,449 @@
+"""The leaderboard's data: per-cell tables, aggregation over seeds, columns, protocol and provenance.
+
+Turns the tidy long rows of :mod:`benchmark.schema` into one :class:`Board` per (dataset, preset +
+version, profile + version): entries aggregated over seeds as mean ± std with n. The attack
+columns are built from what the rows store about their metrics (label, direction, decimals,
+meaning), never from a table here.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import BenchmarkError
+from ..replication import ActivityRow, Replication
+from ..schema import ALL_COLUMNS
+from ..scores import ERS_KEYS
+
+# Row groups that are not attacks (``attack`` column values).
+NON_ATTACK_GROUPS = ("benign", "score", "training", "audit")
+
+# Rows the leaderboard cannot be built without; the other schema columns are optional extras.
+REQUIRED_COLUMNS = ("dataset", "preset", "profile", "entry", "seed", "cell_id", "attack", "metric", "value")
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: where its number comes from and how to print it."""
+
+    key: str  # column of the per-cell table
+    label: str
+    decimals: int = 1
+    scale: float = 1.0  # fractions (R@1, WHM) are printed as percent
+    title: str = ""  # tooltip / legend text
+    group: str = ""  # "benign", "attack", "plugin", "score", "cost"
+    zero_std: bool = True  # False: a setting, not a measurement; "± 0" over seeds says nothing
+
+
+@dataclass
+class Cell:
+    """A printed table cell: the text and the raw number the HTML table sorts by."""
+
+    text: str
+    sort: float | str | None = None
+    css: str = ""
+
+
+@dataclass
+class Row:
+    rank: int
+    entry: str
+    defense_params: str
+    seeds: int
+    cells: list[Cell]
+    collapsed: Cell
+    kind: Cell
+    audit: Cell | None = None  # the attack-strength audit's verdict (boards that carry audits)
+
+
+AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"))
+
+
+@dataclass(frozen=True)
+class BoardKey:
+    dataset: str
+    preset: str
+    profile: str
+    profile_version: int
+    preset_version: int = 1
+
+    @property
+    def profile_id(self) -> str:
+        return f"{self.profile}-v{self.profile_version}"
+
+    @property
+    def preset_id(self) -> str:
+        """``quick v2``; version 1 is shown as the bare name."""
+        return self.preset if self.preset_version == 1 else f"{self.preset} v{self.preset_version}"
+
+    @property
+    def slug(self) -> str:
+        """File stem: only ``[a-z0-9.-]`` so it is safe as a path and as a Markdown link target."""
+        preset = self.preset if self.preset_version == 1 else f"{self.preset}-v{self.preset_version}"
+        raw = f"{self.dataset}-{preset}-{self.profile_id}"
+        return re.sub(r"[^a-z0-9.]+", "-", raw.lower()).strip("-.") or "board"
+
+
+@dataclass
+class Figure:
+    name: str  # short id: ers-r1, ers-cost, attacks, curves
+    title: str
+    caption: str
+    png: bytes | None  # None when there was nothing to draw
+    file: str = ""  # PNG file name beside the Markdown
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png or b"").decode("ascii")
+
+
+@dataclass
+class Board:
+    """Everything one leaderboard page shows."""
+
+    key: BoardKey
+    columns: list[Column]
+    rows: list[Row]
+    protocol: list[tuple[str, str]]
+    provenance: list[tuple[str, str]]
+    figures: list[Figure] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    split_description: str = ""
+    faithful: bool = True  # every row trained with the defenses' own published adversaries
+    replication: Replication | None = None
+    activity: list[ActivityRow] = field(default_factory=list)
+    activity_columns: list[str] = field(default_factory=list)
+    audited: bool = False  # some cells carry an attack-strength audit: the Audit column is shown
+
+    @property
+    def title(self) -> str:
+        return f"{self.key.dataset} · {self.key.preset_id} · {self.key.profile_id}"
+
+    @property
+    def audit_text(self) -> str:
+        return ("Each audited cell was attacked again, on the same queries with the same selections: per query "
+                "the worst case over the standard run, 2 random restarts, 4× the steps and the adaptive "
+                "(APGD) step schedule, all at the profile's ε; Strong ERS is the ERS of those worst cases and "
+                "Drop what it takes away. Three sanity checks flag gradient masking: at ε = 1 the attacks must "
+                "succeed (ERS ≤ 20); 4× the steps must not raise ERS by more than 2; a transfer attack crafted on "
+                "the natural-training model of the same seed must not beat the white-box attack by more than 2. "
+                "Audit s is its wall time per cell.")
+
+    @property
+    def not_a_ranking(self) -> str:
+        """The warning the page opens with when its rows are not a ranking ("" when they are)."""
+        if self.faithful:
+            return ""
+        return ("NOT A RANKING. These models were trained with a reduced adversary (the preset divides each "
+                "defense's training PGD steps and multiplies the step size, which turns a 32-step PGD "
+                "adversary into one or two FGSM-like steps), or the rows do not record their training "
+                "adversary. The numbers test the pipeline; they do not measure the published defenses. "
+                "Ranked boards come from a faithful preset (quick v2 or paper).")
+
+    @property
+    def plugin_entries(self) -> list[str]:
+        """Entries that come from plugins, in leaderboard order (shown on the index)."""
+        return [row.entry for row in self.rows if row.kind.sort == "plugin"]
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _check_frame(results: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(results, pd.DataFrame):
+        raise BenchmarkError(f"results must be a pandas DataFrame in the store schema, got {type(results).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
+    if missing:
+        raise BenchmarkError(f"results are missing the columns {', '.join(missing)}; "
+                             f"the store schema (benchmark/schema.py) has {', '.join(ALL_COLUMNS)}")
+    if results.empty:
+        raise BenchmarkError("the results store is empty: nothing to render (run a matrix first, e.g. `rrb run`)")
+    frame = results.copy()
+    defaults: dict[str, Any] = {"profile_version": 1, "variant": "", "attack_plugin": False, "is_plugin": False,
+                                "plugin_hash": "", "defense_params": "{}", "collapsed": False,
+                                "preset_version": 1, "faithful": False}
+    for column, default in defaults.items():
+        if column not in frame.columns:
+            frame[column] = default
+    frame["variant"] = frame["variant"].fillna("").astype(str)
+    frame["attack_plugin"] = frame["attack_plugin"].fillna(False).astype(bool)
+    frame["profile_version"] = frame["profile_version"].fillna(1).astype(int)
+    frame["preset_version"] = frame["preset_version"].fillna(1).astype(int)
+    frame["faithful"] = frame["faithful"].fillna(False).astype(bool)
+    return frame
+
+
+def board_keys(results: pd.DataFrame) -> list[BoardKey]:
+    """The (dataset, preset + version, profile + version) combinations present in ``results``, sorted.
+
+    Preset versions are kept apart: a retired preset's rows never share a board with its successor's.
+    """
+    frame = _check_frame(results)
+    combos = frame[["dataset", "preset", "profile", "profile_version", "preset_version"]].drop_duplicates()
+    keys = [BoardKey(str(d), str(p), str(pr), int(v), int(pv)) for d, p, pr, v, pv in combos.itertuples(index=False)]
+    return sorted(keys, key=lambda k: (k.dataset, k.preset, k.preset_version, k.profile, k.profile_version))
+
+
+def _board_rows(frame: pd.DataFrame, key: BoardKey) -> pd.DataFrame:
+    mask = ((frame["dataset"] == key.dataset) & (frame["preset"] == key.preset)
+            & (frame["preset_version"] == key.preset_version)
+            & (frame["profile"] == key.profile) & (frame["profile_version"] == key.profile_version))
+    return frame[mask]
+
+
+def _first_text(values: pd.Series, default: str = "") -> str:
+    for value in values:
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def attack_columns(adversarial: pd.DataFrame) -> list[Column]:
+    """One column per (attack, metric) of the attack rows, described by what the rows store.
+
+    Label, direction, precision and meaning come from the rows (each attack's declared
+    ``MetricSpec``), never from a table here. Built-in attack values that enter ERS come first,
+    in the frozen ERS order; every other attack value (plugin attacks, built-ins outside ERS)
+    follows, by label. A label two attacks share is prefixed with the attack's name.
+    """
+    if adversarial.empty:
+        return []
+    described = adversarial.assign(
+        metric_label=adversarial["metric_label"] if "metric_label" in adversarial else "",
+        direction=adversarial["direction"] if "direction" in adversarial else "",
+        decimals=adversarial["decimals"] if "decimals" in adversarial else 1,
+        meaning=adversarial["meaning"] if "meaning" in adversarial else "")
+    pairs = []
+    for (attack, metric, plugin), group in described.groupby(["attack", "metric", "attack_plugin"], sort=True):
+        label = _first_text(group["metric_label"], str(metric))
+        direction = _first_text(group["direction"])
+        decimals = pd.to_numeric(group["decimals"], errors="coerce").dropna()
+        meaning = _first_text(group["meaning"], f"{attack}: {metric}")
+        in_ers = (not plugin) and metric in ERS_KEYS
+        pairs.append((str(attack), str(metric), bool(plugin), label, direction,
+                      int(decimals.iloc[0]) if len(decimals) else 2, meaning, in_ers))
+    label_count: dict[str, int] = {}
+    for pair in pairs:
+        label_count[pair[3]] = label_count.get(pair[3], 0) + 1
+    taken = {"R@1", "R@2", "mAP", "NMI", "ERS", "ARS", "WHM"}
+    columns = []
+    for attack, metric, _plugin, label, direction, decimals, meaning, in_ers in pairs:
+        if not in_ers and (label_count[label] > 1 or label in taken):
+            label = f"{attack}:{label}"
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
+        title = meaning + (f" ({arrow.strip()} = more robust)" if arrow else "")
+        if not in_ers:
+            title += " (not part of ERS/ARS)"
+        key = metric if in_ers else f"{attack}:{metric}"
+        columns.append(Column(key, label + arrow, decimals, 1.0, title, "attack" if in_ers else "plugin"))
+    ers_order = {key: i for i, key in enumerate(ERS_KEYS)}
+    return sorted(columns, key=lambda c: (c.group != "attack", ers_order.get(c.key, 0), c.label))
+
+
+def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
+    """One row per matrix cell (one trained model): every number the leaderboard aggregates.
+
+    Returns the table (index ``cell_id``) and the attack-value columns described by the rows
+    (:func:`attack_columns`). Attack values are the ``adversarial`` variant; values outside ERS
+    (plugin attacks) get columns keyed ``attack:metric`` and never feed ERS/ARS (those come from
+    the stored ``score`` rows).
+    """
+    first = rows.groupby("cell_id", sort=True).first()
+    info_columns = [c for c in ("entry", "seed", "defense", "defense_params", "is_plugin", "plugin_hash",
+                                "train_pgd_steps", "collapsed", "train_seconds", "eval_seconds")
+                    if c in first.columns]
+    table = first[info_columns].copy()
+
+    def pivot(part: pd.DataFrame, labels: pd.Series | None = None) -> pd.DataFrame:
+        if part.empty:
+            return pd.DataFrame(index=table.index)
+        part = part.assign(label=labels if labels is not None else part["metric"].astype(str))
+        return part.pivot_table(index="cell_id", columns="label", values="value", aggfunc="mean")
+
+    benign = rows[rows["attack"] == "benign"]
+    scores = rows[rows["attack"] == "score"]
+    training = rows[rows["attack"] == "training"]
+    audit = rows[rows["attack"] == "audit"]
+    attack_rows = rows[~rows["attack"].isin(NON_ATTACK_GROUPS)]
+    adversarial = attack_rows[attack_rows["variant"] == "adversarial"]
+    columns = attack_columns(adversarial)
+    in_ers = ~adversarial["attack_plugin"] & adversarial["metric"].isin(ERS_KEYS)
+    keys = pd.Series(np.where(in_ers, adversarial["metric"].astype(str),
+                              adversarial["attack"].astype(str) + ":" + adversarial["metric"].astype(str)),
+                     index=adversarial.index, dtype=object)
+    training_labels = "training:" + training["metric"].astype(str)
+    parts = [pivot(benign), pivot(adversarial, keys), pivot(scores), pivot(training, training_labels),
+             pivot(audit, "audit:" + audit["metric"].astype(str))]
+    for part in parts:
+        table = table.join(part, how="left", rsuffix="_dup")
+    # Attack time: each attack's seconds are repeated on its metric rows, so count each attack once.
+    if "attack_seconds" in attack_rows.columns and not attack_rows.empty:
+        per_attack = attack_rows.groupby(["cell_id", "attack"])["attack_seconds"].first()
+        table["attack_time"] = per_attack.groupby(level="cell_id").sum()
+    else:
+        table["attack_time"] = np.nan
+    return table, columns
+
+
+def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, audited: bool = False) -> list[Column]:
+    """The numeric columns in page order (Entry, Seeds, Collapsed and Kind are added around them).
+
+    Headline first: ERS (the ranking key), ARS and R@1 right after the entry name; then the other
+    benign metrics, the attack values as the rows describe them (:func:`attack_columns`), WHM and
+    the cost columns. A bare string is an attack value column with that key and label.
+    """
+    columns = [
+        Column("ERS", "ERS", 1, 1.0, "Empirical Robustness Score, 0–100 (the ranking key)", "score"),
+        Column("ARS", "ARS", 1, 1.0, "Adversarial Resistance Score averaged over 8 attacks, 0–100", "score"),
+        Column("R@1", "R@1", 1, 100.0, "Recall@1 on the test split, %", "benign"),
+    ]
+    if audited:
+        columns += [
+            Column("audit:ERS:strong", "Strong ERS", 1, 1.0, "ERS under the audit's strong evaluation: per query the "
+                   "worst case over the standard run, random restarts, 4× the steps and APGD", "score"),
+            Column("audit:drop", "Drop", 1, 1.0, "standard ERS − strong ERS (how much a stronger attack takes away)",
+                   "score"),
+        ]
+    columns += [
+        Column("R@2", "R@2", 1, 100.0, "Recall@2 on the test split, %", "benign"),
+        Column("mAP", "mAP", 1, 100.0, "mean average precision on the test split, %", "benign"),
+        Column("NMI", "NMI", 1, 100.0, "normalised mutual information of k-means clusters, %", "benign"),
+    ]
+    for column in attack_value_columns:
+        columns.append(column if isinstance(column, Column)
+                       else Column(column, column, 2, 1.0, f"{column} (not part of ERS/ARS)", "plugin"))
+    columns += [
+        Column("WHM", "WHM", 1, 100.0, "weighted harmonic mean of train and test R@1, %", "score"),
+        Column("train_pgd_steps", "PGD steps", 0, 1.0, "PGD steps per training batch", "cost", zero_std=False),
+        Column("train_seconds", "Train s", 1, 1.0, "training wall time, seconds", "cost"),
+        Column("attack_time", "Attack s", 1, 1.0, "sum of the attacks' wall times, seconds", "cost"),
+        Column("eval_seconds", "Eval s", 1, 1.0, "evaluation wall time (gallery, benign metrics, attacks), s", "cost"),
+    ]
+    if audited:
+        columns.append(Column("audit:audit_seconds", "Audit s", 1, 1.0, "wall time of the attack-strength audit, s",
+                              "cost"))
+    return columns
+
+
+def format_stat(mean: float, std: float, n: int, decimals: int, n_entry: int | None = None) -> str:
+    """``mean ± std`` over seeds at a fixed precision; ``mean`` alone for one seed; ``—`` for none.
+
+    The sample standard deviation (ddof 1) is used. When fewer seeds than the entry has carry
+    the value, ``(n=k)`` is appended so a partial average is never mistaken for a full one.
+    """
+    if n == 0 or not math.isfinite(mean):
+        return "—"
+    text = f"{mean:.{decimals}f}"
+    if n > 1 and math.isfinite(std):
+        text += f" ± {std:.{decimals}f}"
+    if n_entry is not None and n < n_entry:
+        text += f" (n={n})"
+    return text
+
+
+def _time_decimals(seconds: float) -> int:
+    return 0 if seconds >= 100 else 1 if seconds >= 1 else 2
+
+
+@dataclass
+class EntrySummary:
+    """Mean, std and count over seeds of every column for one entry (the plots read these)."""
+
+    entry: str
+    n: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    count: dict[str, int]
+    collapsed: int
+    is_plugin: bool
+    plugin_hashes: list[str]
+    defense_params: str
+    cell_ids: list[str]
+    values: dict[str, list[float]] = field(default_factory=dict)  # per seed, for minima and replication
+
+
+def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySummary]:
+    """Aggregate the per-cell table over seeds, one summary per entry, sorted by ERS (desc).
+
+    Besides the columns, the ``training:*`` numbers of the cells are aggregated too (the COLO
+    activity and replication tables read them). Ties and missing ERS fall back to R@1 (desc),
+    then the entry name, so the order is stable.
+    """
+    summaries = []
+    keys = [c.key for c in columns]
+    keys += [c for c in table.columns if str(c).startswith(("training:", "audit:")) and c not in keys]
+    for entry, group in table.groupby("entry", sort=True):
+        values = group.reindex(columns=keys).apply(pd.to_numeric, errors="coerce").astype(float)
+        hashes = sorted({str(h) for h in group.get("plugin_hash", pd.Series(dtype=str)).fillna("") if str(h)})
+        params = sorted({str(p) for p in group.get("defense_params", pd.Series(dtype=str)).fillna("")})
+        summaries.append(EntrySummary(
+            entry=str(entry), n=len(group),
+            mean={k: float(values[k].mean()) for k in keys},
+            std={k: float(values[k].std(ddof=1)) for k in keys},
+            count={k: int(values[k].notna().sum()) for k in keys},
+            collapsed=int(group["collapsed"].fillna(False).astype(bool).sum()) if "collapsed" in group else 0,
+            is_plugin=bool(group["is_plugin"].fillna(False).astype(bool).any()) if "is_plugin" in group else False,
+            plugin_hashes=hashes, defense_params="; ".join(p for p in params if p),
+            cell_ids=[str(c) for c in group.index],
+            values={k: [float(v) for v in values[k]] for k in keys},
+        ))
+
+    def order(s: EntrySummary) -> tuple[float, float, str]:
+        ers, r1 = s.mean.get("ERS", math.nan), s.mean.get("R@1", math.nan)
+        return (-ers if math.isfinite(ers) else math.inf, -r1 if math.isfinite(r1) else math.inf, s.entry)
+
+    return sorted(summaries, key=order)
+
+
+def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) -> list[Row]:
+    rows = []
+    for rank, s in enumerate(summaries, start=1):
+        cells = []
+        for column in columns:
+            mean, std, n = s.mean[column.key] * column.scale, s.std[column.key] * column.scale, s.count[column.key]
+            decimals = _time_decimals(mean) if column.group == "cost" and column.key != "train_pgd_steps" \
+                else column.decimals
+            sort = mean if n and math.isfinite(mean) else None
+            if not column.zero_std and std == 0.0:
+                std = math.nan
+            cells.append(Cell(format_stat(mean, std, n, decimals, s.n), sort))
+        collapsed = Cell(f"{s.collapsed}/{s.n}", s.collapsed / max(s.n, 1), "warn" if s.collapsed else "")
+        if s.is_plugin:
+            kind = Cell("plugin " + ", ".join(h[:8] for h in s.plugin_hashes) if s.plugin_hashes else "plugin",
+                        "plugin")
+        else:
+            kind = Cell("built-in", "built-in")
+        rows.append(Row(rank, s.entry, s.defense_params, s.n, cells, collapsed, kind, audit_cell(s)))
+    return rows
+
+
+def audit_cell(s: EntrySummary) -> Cell:
+    """The Audit column: how many seeds were audited, and which sanity checks flagged any of them."""
+    audited = len([v for v in s.values.get("audit:flagged", []) if math.isfinite(v)])
+    if audited == 0:
+        return Cell("not audited" if not s.is_plugin else "UNAUDITED plugin", -1.0, "warn" if s.is_plugin else "")
+    flagged = [label for key, label in AUDIT_CHECKS
+               if any(math.isfinite(v) and v > 0 for v in s.values.get(f"audit:{key}", []))]
+    seeds = int(sum(v > 0 for v in s.values.get("audit:flagged", []) if math.isfinite(v)))
+    suffix = f" ({audited}/{s.n} seeds audited)" if audited < s.n else ""
+    if flagged:
+        return Cell(f"FLAGGED {seeds}/{audited}: " + ", ".join(flagged) + suffix, float(seeds), "warn")
+    return Cell(f"pass {audited}/{audited}" + suffix, 0.0)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (maximising both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front

@@ -15,6 +15,7 @@ from .base import (
     neighbourhood_size,
     random_indices,
     rank_percentile,
+    signed_rank_loss,
 )
 
 
@@ -68,17 +69,16 @@ class CandidateAttack(Attack):
 
     def _candidate_to_query(self, emb: torch.Tensor, selection: dict[str, torch.Tensor],
                             gallery: Gallery) -> torch.Tensor:
-        query_emb = gallery.embeddings[selection["queries"]]  # [B, W, D]
-        # Same formula as gallery.distances so that "strictly closer" compares like with like.
+        query_emb = gallery.embeddings[selection["queries"]].double()  # [B, W, D]
+        emb = emb.double()
+        # Same formula (and float64) as gallery.distances so that "strictly closer" compares like with like.
         squared = emb.pow(2).sum(-1, keepdim=True) + query_emb.pow(2).sum(-1) \
             - 2.0 * torch.einsum("bd,bwd->bw", emb, query_emb)
         return squared.clamp_min(1e-12).sqrt()  # [B, W]
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
-        a = self._candidate_to_query(emb, selection, gallery).unsqueeze(-1)  # [B, W, 1]
-        b = selection["query_to_gallery"]  # [B, W, N]
-        gap = a - b if self.sign == "+" else b - a
-        return torch.relu(gap).mean()
+        return signed_rank_loss(selection["query_to_gallery"], self._candidate_to_query(emb, selection, gallery),
+                                self.sign)
 
     def measure(self, emb, index, selection, gallery) -> dict[str, torch.Tensor]:
         a = self._candidate_to_query(emb, selection, gallery)

@@ -16,19 +16,8 @@ from .base import (
     random_indices,
     random_subset_columns,
     rank_percentile,
+    signed_rank_loss,
 )
-
-
-def query_rank_loss(query_to_gallery: torch.Tensor, query_to_candidates: torch.Tensor, sign: str) -> torch.Tensor:
-    """QA loss: mean over (j, m) of relu(A_m − B_j) for "+" (candidates above every gallery item)
-    or relu(B_j − A_m) for "−" (below every item), averaged over the batch.
-
-    ``query_to_gallery`` is B_j [B, N]; ``query_to_candidates`` is A_m [B, M].
-    """
-    gap = query_to_candidates.unsqueeze(-1) - query_to_gallery.unsqueeze(-2)  # [B, M, N]
-    if sign == "-":
-        gap = -gap
-    return torch.relu(gap).mean()
 
 
 class QueryAttack(Attack):
@@ -36,7 +25,7 @@ class QueryAttack(Attack):
 
     The perturbed images are the queries q̃. With A_m = d(q̃, c_m) and B_j = d(x_j, q̃) over the
     whole clean gallery (which holds the query's clean self) the loss is
-    :func:`query_rank_loss`. Reported: the 0-based rank of each c_m in the ranking of q̃ over
+    :func:`~attacks.base.signed_rank_loss`. Reported: the 0-based rank of each c_m in the ranking of q̃ over
     the gallery (items strictly closer), divided by N, averaged over m, in percent: ≈ 50
     before QA+, ≈ 1 before QA−.
 
@@ -76,7 +65,7 @@ class QueryAttack(Attack):
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
         dist = gallery.distances(emb)
-        return query_rank_loss(dist, dist.gather(1, selection["candidates"]), self.sign)
+        return signed_rank_loss(dist, dist.gather(1, selection["candidates"]), self.sign)
 
     def measure(self, emb, index, selection, gallery) -> dict[str, torch.Tensor]:
         dist = gallery.distances(emb)

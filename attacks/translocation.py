@@ -6,8 +6,7 @@ import torch
 
 from benchmark.registry import ATTACKS
 
-from .base import Attack, Gallery, MetricSpec, check_count, mask_self
-from .query import query_rank_loss
+from .base import Attack, Gallery, MetricSpec, check_count, mask_self, signed_rank_loss
 
 
 @ATTACKS.register("gtt", aliases=("greedy-top1-translocation",),
@@ -39,7 +38,7 @@ class GreedyTop1TranslocationAttack(Attack):
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
         dist = gallery.distances(emb)
-        return query_rank_loss(dist, dist.gather(1, selection["target"]), "-")
+        return signed_rank_loss(dist, dist.gather(1, selection["target"]), "-")
 
     def measure(self, emb, index, selection, gallery) -> dict[str, torch.Tensor]:
         dist = mask_self(gallery.distances(emb), index)

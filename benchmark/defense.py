@@ -19,14 +19,15 @@ defense's code changes while its version does not).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from .errors import BenchmarkError
-from .losses import Triplets
-from .pgd import PGDConfig
+from .losses import Triplets, row_distance
+from .pgd import PGDConfig, pgd
 
 
 @dataclass
@@ -212,6 +213,60 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+# -- helpers for defense authors ---------------------------------------------------------------
+# Every adversarial defense perturbs through ``perturb``: it puts the model in eval mode, runs the
+# shared PGD loop and restores the training mode the defense asked for, so the model-mode
+# convention of REFERENCE §4.0 (attack in eval mode, train forward in train mode) lives in one place.
+
+
+def clean_embeddings(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Embeddings of the clean batch in eval mode, without gradient (the attacker's view)."""
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+def perturb(model: torch.nn.Module, images: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+            config: PGDConfig, *, trains_batchnorm: bool,
+            stop: Callable[[int, float], bool] | None = None) -> torch.Tensor:
+    """Minimise ``loss_fn`` over the ε-ball around ``images`` with the model in eval mode.
+
+    The model is put back into training mode (``set_train_mode(adversarial=trains_batchnorm)``)
+    afterwards, even if the loss raises. A zero step size means no perturbation at all (the
+    CA-/COLO-TRIDE schedule in epoch 0), so no PGD step is spent on it.
+    """
+    if config.steps <= 0 or config.epsilon <= 0 or config.alpha <= 0:
+        return images.detach().clone()
+    model.eval()
+    try:
+        return pgd(images, loss_fn, config, stop=stop)
+    finally:
+        set_train_mode(model, trains_batchnorm)
+
+
+def set_train_mode(model: torch.nn.Module, trains_batchnorm: bool) -> None:
+    """Training mode for the training forward; plain ``nn.Module``s just get ``train()``."""
+    if hasattr(model, "set_train_mode"):
+        model.set_train_mode(adversarial=trains_batchnorm)
+    else:
+        model.train()
+
+
+def embedding_shift(model: torch.nn.Module, perturbed: torch.Tensor, clean: torch.Tensor,
+                    *, trains_batchnorm: bool) -> float:
+    """Mean ‖f̂(x̃) − f̂(x)‖ with ``clean`` the eval-mode embeddings of the matching clean images.
+
+    Measured in eval mode (one extra forward without gradient) so that a defense which trains
+    BatchNorm does not report a shift caused by batch statistics instead of the perturbation.
+    """
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(row_distance(model(perturbed), clean).mean())
+    finally:
+        set_train_mode(model, trains_batchnorm)
 
 
 def defense_pgd_steps(defense: Defense) -> int:

@@ -71,10 +71,12 @@ def _chunks(n: int, chunk_size: int) -> Iterable[torch.Tensor]:
 def _distances(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     """Euclidean distances [len(queries), len(gallery)].
 
-    For large inputs ``cdist`` uses the ‖a‖² + ‖b‖² − 2a·b expansion (matrix-multiply speed; float32
-    rounding about 1e-7 relative), clamped so rounding never gives a negative distance.
+    For large inputs ``cdist`` uses the ‖a‖² + ‖b‖² − 2a·b expansion (matrix-multiply speed), so it
+    runs in float64: for unit vectors float32 loses every distance below about 3e-4, and robustly
+    trained models shrink their embeddings that far (see ``attacks.base.gallery_distances``).
+    Clamped so rounding never gives a negative distance.
     """
-    return torch.cdist(queries, gallery).clamp_min(0.0)
+    return torch.cdist(queries.double(), gallery.double()).clamp_min(0.0)
 
 
 def _no_answer_error() -> BenchmarkError:
@@ -158,7 +160,12 @@ def kmeans_assignments(embeddings: np.ndarray, num_clusters: int, seed: int = 0,
     single random initialisation often merges well-separated clusters, so NMI is noisy.
     Falls back to scikit-learn's KMeans when faiss cannot be imported (as the reference does).
     """
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    x = np.asarray(embeddings, dtype=np.float64)
+    # k-means is unchanged by translation and uniform scaling; centring and scaling to unit spread
+    # keeps faiss's float32 distance expansion exact enough for embeddings shrunk into a tiny cap.
+    x = x - x.mean(axis=0, keepdims=True)
+    spread = float(np.sqrt((x ** 2).sum(axis=1).mean()))
+    x = np.ascontiguousarray(x / spread if spread > 0 else x, dtype=np.float32)
     if not 1 <= num_clusters <= x.shape[0]:
         raise BenchmarkError(f"NMI k-means needs 1 <= clusters <= number of items ({x.shape[0]}), got {num_clusters}")
     if int(restarts) < 1:

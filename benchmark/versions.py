@@ -9,8 +9,8 @@ defense's version and the version of every attack of the suite (plugins enter by
 The versions are only worth something if they move when the code does. :func:`fingerprint` hashes
 the code a built-in's numbers depend on: its own module, the project modules it imports from the
 ``defenses``/``attacks`` packages (transitively), and the shared numeric core of its kind
-(the trainer, losses, PGD loop and model for defenses; the PGD loop and the attack runner for
-attacks). Source is normalised through the AST with docstrings dropped, so comments, docstrings
+(the trainer, losses, PGD loop and model for defenses; the PGD loop, the attack runner and the
+benign retrieval metrics for attacks: every stored evaluation number then follows the code). Source is normalised through the AST with docstrings dropped, so comments, docstrings
 and formatting do not count. ``tests/implementation_versions.json`` records (version,
 fingerprint) per built-in, and ``tests/test_versions.py`` fails when a fingerprint changes while
 the recorded version does not. After changing a built-in:
@@ -37,7 +37,8 @@ RECORD = ROOT / "tests" / "implementation_versions.json"
 SHARED = {
     "defense": ("benchmark/trainer.py", "benchmark/defense.py", "benchmark/losses.py", "benchmark/pgd.py",
                 "benchmark/models.py"),
-    "attack": ("benchmark/pgd.py", "attacks/runner.py", "attacks/base.py"),
+    "attack": ("benchmark/pgd.py", "attacks/runner.py", "attacks/base.py", "benchmark/metrics.py",
+               "benchmark/evaluation.py"),
 }
 FOLLOWED_PACKAGES = ("defenses", "attacks")  # imports inside these are followed transitively
 NUMERIC_CORE = ("benchmark.losses", "benchmark.pgd", "benchmark.telemetry", "benchmark.defense",

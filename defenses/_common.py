@@ -1,69 +1,19 @@
-"""Pieces shared by the built-in defenses: clean embeddings, the perturbation wrapper around the
-shared PGD loop, the embedding shift and the "top-ranked" triplet term.
-
-Every adversarial defense perturbs through :func:`perturb`, which puts the model in eval mode,
-runs :func:`benchmark.pgd.pgd` and restores the training mode the defense asked for, so the
-model-mode convention of REFERENCE §4.0 lives in one place.
+"""Pieces shared by the built-in TRIDE-family defenses: the "top-ranked" terms, the step size and
+the CAP/ANP alternation. The helpers every defense (built-in or plugin) uses to perturb a batch,
+``perturb``, ``clean_embeddings`` and ``embedding_shift``, are public in :mod:`benchmark.defense`
+and re-exported here for the built-ins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.defense import Defense, TrainContext
-from benchmark.losses import row_distance
-from benchmark.pgd import PGDConfig, pgd
-
-
-def clean_embeddings(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Embeddings of the clean batch in eval mode, without gradient (the attacker's view)."""
-    model.eval()
-    with torch.no_grad():
-        return model(images)
-
-
-def perturb(model: torch.nn.Module, images: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
-            config: PGDConfig, *, trains_batchnorm: bool,
-            stop: Callable[[int, float], bool] | None = None) -> torch.Tensor:
-    """Minimise ``loss_fn`` over the ε-ball around ``images`` with the model in eval mode.
-
-    The model is put back into training mode (``set_train_mode(adversarial=trains_batchnorm)``)
-    afterwards, even if the loss raises. A zero step size means no perturbation at all (the
-    CA-/COLO-TRIDE schedule in epoch 0), so no PGD step is spent on it.
-    """
-    if config.steps <= 0 or config.epsilon <= 0 or config.alpha <= 0:
-        return images.detach().clone()
-    model.eval()
-    try:
-        return pgd(images, loss_fn, config, stop=stop)
-    finally:
-        set_train_mode(model, trains_batchnorm)
-
-
-def set_train_mode(model: torch.nn.Module, trains_batchnorm: bool) -> None:
-    """Training mode for the training forward; plain ``nn.Module``s just get ``train()``."""
-    if hasattr(model, "set_train_mode"):
-        model.set_train_mode(adversarial=trains_batchnorm)
-    else:
-        model.train()
-
-
-def embedding_shift(model: torch.nn.Module, perturbed: torch.Tensor, clean: torch.Tensor,
-                    *, trains_batchnorm: bool) -> float:
-    """Mean ‖f̂(x̃) − f̂(x)‖ with ``clean`` the eval-mode embeddings of the matching clean images.
-
-    Measured in eval mode (one extra forward without gradient) so that a defense which trains
-    BatchNorm does not report a shift caused by batch statistics instead of the perturbation.
-    """
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float(row_distance(model(perturbed), clean).mean())
-    finally:
-        set_train_mode(model, trains_batchnorm)
+from benchmark.defense import (
+    Defense,
+    TrainContext,
+)
 
 
 def closest_half_mean(distances: torch.Tensor) -> torch.Tensor:

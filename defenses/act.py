@@ -7,11 +7,17 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext, param
+from benchmark.defense import (
+    Defense,
+    StepResult,
+    TrainContext,
+    clean_embeddings,
+    embedding_shift,
+    param,
+    perturb,
+)
 from benchmark.losses import mine_random, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
-
-from ._common import clean_embeddings, embedding_shift, perturb
 
 
 @DEFENSES.register("act", description="anti-collapse triplet: positives and negatives perturbed toward each other")
@@ -24,7 +30,7 @@ class AntiCollapseTriplet(Defense):
     margin: float = param(0.2, low=0)
 
     pgd_steps: ClassVar[int] = 32
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import StepResult, TrainContext, param
+from benchmark.defense import StepResult, TrainContext, clean_embeddings, embedding_shift, param, perturb
 from benchmark.losses import (
     Triplets,
     gradual_margin,
@@ -42,10 +42,7 @@ from benchmark.telemetry import collapseness
 from ._common import (
     AlternatingPhases,
     attention_lambda,
-    clean_embeddings,
     closest_half_mean,
-    embedding_shift,
-    perturb,
     top_ranked_term,
     tride_step_size,
 )
@@ -66,7 +63,7 @@ class CATRIDE(AlternatingPhases):
     travel: float = param(2.0, low=0, low_open=True)  # PGD steps × step size = travel × ε
 
     pgd_steps: ClassVar[int] = 16
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     _steps_run: int = field(default=0, init=False, repr=False)  # PGD updates of the last phase (telemetry)
 

@@ -50,7 +50,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import StepResult, TrainContext, param
+from benchmark.defense import StepResult, TrainContext, clean_embeddings, embedding_shift, param, perturb
 from benchmark.losses import (
     Triplets,
     gradual_margin,
@@ -65,10 +65,7 @@ from benchmark.telemetry import collapseness
 from ._common import (
     AlternatingPhases,
     attention_lambda,
-    clean_embeddings,
     closest_half_mean,
-    embedding_shift,
-    perturb,
     top_ranked_term,
     tride_step_size,
 )
@@ -113,7 +110,7 @@ class COLOTRIDE(AlternatingPhases):
     travel: float = param(2.0, low=0, low_open=True)
 
     pgd_steps: ClassVar[int] = 16
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         self.phases = str(self.phases).strip().lower()

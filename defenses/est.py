@@ -7,11 +7,17 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext, param
+from benchmark.defense import (
+    Defense,
+    StepResult,
+    TrainContext,
+    clean_embeddings,
+    embedding_shift,
+    param,
+    perturb,
+)
 from benchmark.losses import mine_random, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
-
-from ._common import clean_embeddings, embedding_shift, perturb
 
 
 @DEFENSES.register("est", description="embedding-shifted triplet: train on images pushed to maximal embedding shift")
@@ -31,7 +37,7 @@ class EmbeddingShiftedTriplet(Defense):
 
     pgd_steps: ClassVar[int] = 32
     trains_batchnorm: ClassVar[bool] = True
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:

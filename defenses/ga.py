@@ -58,7 +58,7 @@ class GradientAugmentation(Defense):
     reduction: str = param("sum", choices=("sum", "mean"))
 
     pgd_steps: ClassVar[int] = 0
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         self.reduction = str(self.reduction).strip().lower()

@@ -8,11 +8,17 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext, param
+from benchmark.defense import (
+    Defense,
+    StepResult,
+    TrainContext,
+    clean_embeddings,
+    embedding_shift,
+    param,
+    perturb,
+)
 from benchmark.losses import mine_softhard, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
-
-from ._common import clean_embeddings, embedding_shift, perturb
 
 # RobRank initialises the previous adversarial loss to 2.0, so the first destination is −γ.
 INITIAL_PREVIOUS_LOSS = 2.0
@@ -50,7 +56,7 @@ class HardnessManipulation(Defense):
     plateau_tolerance: float = param(1e-7, low=0)
 
     pgd_steps: ClassVar[int] = 32
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     # Adversarial triplet loss of the previous step (without ICS), for the gradual destination.
     _previous_loss: float = field(default=INITIAL_PREVIOUS_LOSS, init=False, repr=False)

@@ -21,7 +21,7 @@ class NaturalTraining(Defense):
     margin: float = param(0.2, low=0)
 
     pgd_steps: ClassVar[int] = 0
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def training_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       ctx: TrainContext) -> StepResult:

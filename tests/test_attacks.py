@@ -250,3 +250,42 @@ def test_several_queries_or_candidates(trained, name, count):
     assert torch.allclose(value, expected, atol=100 / len(gallery) + 1e-4)
     loss = attack.loss(model(torch.rand(10, 1, 28, 28)), index, selection, gallery)
     assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+def test_example_attack_plugin_runs_on_the_suite_engine(trained):
+    """examples/top10_shift_attack.py: one file, loaded as a plugin, attacks through the shared loop."""
+    from pathlib import Path
+
+    from benchmark.plugins import load_plugin_file, restore_registries, snapshot_registries
+
+    bundle, model, gallery = trained
+    snapshot = snapshot_registries()
+    try:
+        registered = load_plugin_file(Path(__file__).resolve().parents[1] / "examples" / "top10_shift_attack.py")
+        assert [e.name for e in registered["attacks"]] == ["top10-shift"]
+        attack = ATTACKS.create("top10-shift")
+        assert attack.spec("R10").direction == "higher" and repr(attack) == "top10-shift(k=10)"
+        query_index = select_queries(len(bundle.test), 32, seed=0)
+        report = run_attacks(model, lambda idx: bundle.test.batch(idx), gallery, [attack], PGD,
+                             query_index=query_index, batch_size=32, seed=0, device="cpu", progress=False)
+        assert report.before["R10"] == pytest.approx(100.0)
+        assert report.after["R10"] < 50.0
+    finally:
+        restore_registries(snapshot)
+
+
+def test_gallery_distances_resolve_a_shrunk_embedding_cap():
+    """Distances between unit vectors 1e-4 apart are kept (float64 expansion), not rounded to 0."""
+    from attacks.base import gallery_distances
+
+    torch.manual_seed(0)
+    pole = torch.zeros(1, 64)
+    pole[0, 0] = 1.0
+    points = torch.nn.functional.normalize(pole + 1e-4 * torch.randn(50, 64), dim=1)
+    exact = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    got = gallery_distances(points, points)
+    off = ~torch.eye(50, dtype=torch.bool)
+    assert (got[off] - exact[off]).abs().max() < 1e-6 * float(exact[off].mean()) + 1e-9
+    assert (exact[off].argsort(dim=-1) == exact[off].argsort(dim=-1)).all()
+    float32 = torch.cdist(points, points)  # the expansion in float32: garbage at this scale
+    assert (float32[off] - exact[off].float()).abs().max() > 0.1 * float(exact[off].mean())

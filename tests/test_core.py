@@ -216,3 +216,16 @@ def test_models_normalise_and_resnet_freezes_bn():
     assert out.shape == (1, 16)
     with pytest.raises(BenchmarkError, match="does not exist"):
         ResNet18Embedding(weights="/nonexistent/weights.pth")
+
+
+def test_pairwise_distance_is_exact_for_shrunk_embeddings():
+    """The miners' distance matrix comes from differences, not the float32 expansion that loses
+    distances below ~3e-4 between unit vectors (where adversarial training can shrink embeddings)."""
+    from benchmark.losses import pairwise_distance
+
+    torch.manual_seed(0)
+    pole = torch.zeros(40, 32)
+    pole[:, 0] = 1.0
+    points = torch.nn.functional.normalize(pole + 1e-4 * torch.randn(40, 32), dim=1)
+    exact = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    assert (pairwise_distance(points, points).double() - exact).abs().max() < 1e-3 * float(exact.mean())

@@ -207,3 +207,25 @@ def test_benchmark_metrics_10k(benchmark):
     # random embeddings: retrieval near chance (1 in 100 classes), NMI far from 1
     assert 0.0 <= result["R@1"] < 0.05 and result["R@1"] <= result["R@2"]
     assert 0.0 <= result["NMI"] < 0.3
+
+
+def test_metrics_survive_embeddings_shrunk_into_a_tiny_cap():
+    """Adversarial training can squeeze unit-norm embeddings into a cap of radius 1e-4 (GA: mean
+    pairwise distance 5e-4 on digits); the ‖a‖²+‖b‖²−2a·b expansion in float32 then loses every
+    distance (it turned a 0.97 R@1 into 0.15). R@1 must match a brute-force float64 count."""
+    from benchmark.metrics import retrieval_metrics
+
+    torch.manual_seed(0)
+    labels = torch.arange(20).repeat_interleave(10)
+    points = torch.randn(20, 16)[labels] + 0.3 * torch.randn(200, 16)
+    pole = torch.zeros(16)
+    pole[0] = 1.0
+    shrunk = torch.nn.functional.normalize(pole + 1e-4 * points, dim=1)
+    exact = torch.cdist(shrunk.double(), shrunk.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    exact.fill_diagonal_(float("inf"))
+    brute_r1 = float((labels[exact.argmin(dim=1)] == labels).double().mean())
+    assert brute_r1 > 0.8
+    float32 = torch.cdist(shrunk, shrunk)  # the old computation: the scenario does break it
+    float32.fill_diagonal_(float("inf"))
+    assert float((labels[float32.argmin(dim=1)] == labels).double().mean()) < brute_r1 - 0.2
+    assert retrieval_metrics(shrunk, labels, nmi=False)["R@1"] == pytest.approx(brute_r1)

@@ -47,6 +47,15 @@ def _threads(text: str) -> int:
     return value
 
 
+def _queries(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
 def _seeds(text: str) -> list[int]:
     return [_positive_int(t) for t in _csv(text)]
 
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--attacks", type=_csv, default=None, metavar="A,B,...",
                    help="attacks to run (default: the whole ERS suite; rrb list attacks)")
+    p.add_argument("--queries", type=_queries, default=None, metavar="N|all",
+                   help="test queries each attack perturbs (default: the preset's; 'all': every test image)")
 
     p = sub.add_parser("run", help="run a datasets x defenses x seeds matrix into the results store (resumable)")
     _matrix_args(p)
@@ -108,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, default=None, metavar="N",
                    help="torch CPU threads per cell (default: all for local, 1 per Dask worker); "
                         "CPU numbers are reproduced bit for bit only with the same count")
+    p.add_argument("--audit", action="store_true",
+                   help="then audit every cell: strong evaluation (restarts, 4x steps, APGD) and the "
+                        "gradient-masking sanity checks; stored beside the cells, resumable")
 
     p = sub.add_parser("results", help="print the results store: one line per entry and seed, or the rows")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
@@ -126,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a plugin .py file, or the name of an installed plugin (rrb.defenses entry point)")
     _matrix_args(p)
     p.add_argument("--out", default=DEFAULT_REPORTS, help="leaderboard folder to re-render (default: reports)")
+    p.add_argument("--no-audit", action="store_true",
+                   help="skip the attack-strength audit (a plugin then enters the boards marked unaudited)")
     return parser
 
 
@@ -279,7 +295,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         raise BenchmarkError(f"no trained model for this cell at {path}; train it first: {' '.join(command)}")
     print(f"attack {cell.entry} on {cell.bundle.name}: profile {cell.profile.id} (eps {cell.profile.epsilon:.4f}, "
           f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {_preset_text(cell.preset)}", file=sys.stderr)
-    out = evaluate_cell(cell, trained, progress=not args.quiet)
+    out = evaluate_cell(cell, trained, progress=not args.quiet, queries=args.queries)
     rows = out.rows
     adversarial = rows[rows["variant"] == "adversarial"]
     clean = rows[rows["variant"] == "clean"].set_index("metric")["value"]
@@ -314,13 +330,15 @@ def _summary_line(summary) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
-    from .store import format_results, load_results
+    from .results_table import format_results
+    from .store import load_results
 
     summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
                          results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
                          workers=args.workers, data_root=args.data_root, device=args.device,
                          defense_params=_matrix_defense_params(args.defense_param), plugins=args.plugin,
-                         progress=not args.quiet, attacks=args.attacks, threads=args.threads)
+                         progress=not args.quiet, attacks=args.attacks, threads=args.threads,
+                         audit=_audit_spec() if args.audit else None)
     print(_summary_line(summary), file=sys.stderr)
     ids = {c.cell_id for c in summary.cells} | set(summary.cell_ids)
     frame = load_results(args.results)
@@ -334,7 +352,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .store import format_results, load_results, readable_results_dir
+    from .results_table import format_results
+    from .store import load_results, readable_results_dir
 
     results = readable_results_dir(args.results)  # reading needs no write access
     sys.stdout.write(format_results(load_results(results, dataset=args.dataset), args.format))
@@ -357,6 +376,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_spec():
+    from attacks.audit import AuditSpec
+
+    return AuditSpec()
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate a plugin defense, run the standard matrix for it and re-render the leaderboards.
 
@@ -364,7 +389,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     (exit status 2), its registrations rolled back and the results directory untouched.
     """
     from .matrix import run_matrix
-    from .store import check_results_dir, format_results, load_results
+    from .results_table import format_results
+    from .store import check_results_dir, load_results
     from .validation import validate_defense
 
     _load_plugins(args.plugin)
@@ -380,7 +406,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         summary = run_matrix(args.datasets, [entry.name], args.seeds, preset=args.preset, profile=args.profile,
                              results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
                              workers=args.workers, data_root=args.data_root, device=args.device,
-                             plugins=plugins, progress=not args.quiet)
+                             plugins=plugins, progress=not args.quiet,
+                             audit=None if args.no_audit else _audit_spec())
     except (BenchmarkError, KeyboardInterrupt):
         raise
     except Exception as exc:  # third-party code failing mid-training: one line, not a traceback

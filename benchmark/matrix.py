@@ -51,22 +51,23 @@ held by a process on another host that died cannot be told from a slow one: dele
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import locks, store
 from .cell import CellConfig, ResolvedCell, resolve, run_cell
 from .errors import BenchmarkError
+from .executors import EXECUTORS, DaskExecutor, LocalExecutor
 from .plugins import load_builtins, load_plugins
 from .registry import DEFENSES
 
-EXECUTORS = ("local", "dask")
 LOCK_POLL_S = 2.0  # how often a process waiting for cells locked by another process looks again
 
 # The default matrix: every built-in defense of SPEC §6, baselines first, then the seed paper's
@@ -124,6 +125,10 @@ class MatrixSummary:
     executor: str
     cells: list[CellResult] = field(default_factory=list)
     cell_ids: list[str] = field(default_factory=list)  # every cell of the matrix, done before or now
+    audits: int = 0  # with --audit: audits of the matrix's cells, already done and computed now
+    audits_skipped: int = 0
+    audits_computed: int = 0
+    audit_seconds: float = 0.0
 
     def describe(self) -> str:
         parts = [f"{self.skipped} already done", f"{self.computed} computed"]
@@ -131,7 +136,9 @@ class MatrixSummary:
             parts[-1] += f" ({self.recomputed_corrupt} of them replacing a corrupt file)"
         if self.by_other:
             parts.append(f"{self.by_other} finished by another process")
-        return (f"{self.total} cells: " + ", ".join(parts)
+        audits = (f"; {self.audits} audits: {self.audits_skipped} already done, {self.audits_computed} computed "
+                  f"in {self.audit_seconds:.1f} s") if self.audits else ""
+        return (f"{self.total} cells: " + ", ".join(parts) + audits
                 + f"; {self.wall_seconds:.1f} s ({self.executor}); results in {self.results_dir}")
 
 
@@ -140,10 +147,11 @@ class PlannedCell:
     config: CellConfig
     cell: ResolvedCell
     problem: str | None  # why an existing file is unusable; None when there is none
+    task_id: str | None = None  # the audit id, for an audit task; None: the cell itself
 
     @property
     def cell_id(self) -> str:
-        return self.cell.cell_id
+        return self.task_id or self.cell.cell_id
 
     @property
     def dataset(self) -> str:
@@ -270,9 +278,9 @@ def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expe
     path = store.cell_path(results_dir, dataset, cell_id)
     base = dict(cell_id=cell_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
 
-    lock = store.CellLock.acquire(results_dir, dataset, cell_id)
+    lock = locks.CellLock.acquire(results_dir, dataset, cell_id)
     if lock is None:
-        owner = store.read_lock(store.lock_path(results_dir, dataset, cell_id))
+        owner = locks.read_lock(store.lock_path(results_dir, dataset, cell_id))
         return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
     with lock:
         # Another process may have finished the cell between our check and our lock.
@@ -283,113 +291,85 @@ def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expe
     return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
 
 
-# ---------------------------------------------------------------------------------------------
-# Executors: submit cells, yield their results as they finish
+def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, spec: Any,
+                        expected_cell_id: str | None = None, plugins: Sequence[str] = (), progress: bool = False,
+                        bundle: Any = None, threads: int | None = None) -> CellResult:
+    """Claim, audit and store one finished cell (:mod:`benchmark.audit`): the audit task of every executor.
 
-
-class LocalExecutor:
-    """Cells one after another in this process."""
-
-    name = "local"
-
-    def __init__(self, results_dir: Path, plugins: Sequence[str], progress: bool, threads: int | None = None) -> None:
-        self.results_dir, self.plugins, self.progress, self.threads = results_dir, plugins, progress, threads
-
-    def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
-        for planned in cells:
-            yield run_and_store_cell(planned.config, self.results_dir, expected_cell_id=planned.cell_id,
-                                     plugins=self.plugins, progress=self.progress, bundle=planned.cell.bundle,
-                                     threads=self.threads)
-
-    def close(self) -> None:
-        pass
-
-
-class DaskExecutor:
-    """Cells as tasks on a dask.distributed cluster; workers write their own cell files."""
-
-    name = "dask"
-
-    def __init__(self, results_dir: Path, plugins: Sequence[str], scheduler: str | None, workers: int | None,
-                 threads: int | None = None) -> None:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise BenchmarkError("executor 'dask' needs dask.distributed: pip install 'dask[distributed]'") from None
-        self.results_dir, self.plugins = results_dir, plugins
-        # One torch thread per task unless told otherwise: several workers on one machine must not
-        # oversubscribe its cores.
-        self.threads = threads or 1
-        self.cluster = None
-        if scheduler:
-            try:
-                self.client = Client(scheduler, timeout=30)
-            except OSError as exc:
-                raise BenchmarkError(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}; "
-                                     "give its address as tcp://HOST:PORT") from None
-        else:
-            if workers is not None and workers < 1:
-                raise BenchmarkError(f"workers must be at least 1, got {workers}")
-            self.cluster = _start_local_cluster(workers or 2, self.threads)
-            self.client = Client(self.cluster)
-        self._submitted = 0
-
-    def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
-        from distributed import as_completed
-
-        futures = []
-        for planned in cells:
-            self._submitted += 1
-            futures.append(self.client.submit(
-                run_and_store_cell, planned.config, str(self.results_dir), expected_cell_id=planned.cell_id,
-                plugins=self.plugins, progress=False, threads=self.threads, pure=False,
-                key=f"rrb-cell-{planned.cell_id[:16]}-{self._submitted}"))
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-
-    def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            with _environ_kept():
-                self.cluster.close()
-
-
-def _start_local_cluster(workers: int, threads: int) -> Any:
-    """A LocalCluster whose workers run torch at full speed, leaving this process's environment alone.
-
-    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to their workers so that freed memory
-    goes back to the system at once. Training allocates and frees large tensors every step, so
-    with it every step pays page faults and trims again: a smoke cell ran 1.7x slower, most of it
-    system time. The workers here drop it and set the OpenMP/BLAS thread counts to ``threads``.
-    The nannies live in this process and write those variables into ``os.environ`` before
-    spawning; they are put back, so processes this one starts later do not inherit them.
+    ``expected_cell_id`` is the audit id planned by the matrix. Same statuses as
+    :func:`run_and_store_cell`.
     """
-    import dask
-    from distributed import LocalCluster
+    import torch
 
-    environ = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "OPENBLAS_NUM_THREADS": threads}
-    with _environ_kept(), dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    from .audit import audit_cell, plan_audit
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        load_plugins(plugins)
+        cell, _, audit_id = plan_audit(config, spec, bundle=bundle)
+        if expected_cell_id is not None and audit_id != expected_cell_id:
+            raise BenchmarkError(f"audit of {cell.entry} seed {config.seed} resolves to {audit_id[:12]} here but "
+                                 f"{expected_cell_id[:12]} where the matrix was built: the code differs")
+        dataset = cell.bundle.name
+        path = store.audit_path(results_dir, dataset, audit_id)
+        base = dict(cell_id=audit_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
+        lock = locks.CellLock.acquire(results_dir, dataset, audit_id)
+        if lock is None:
+            owner = locks.read_lock(store.lock_path(results_dir, dataset, audit_id))
+            return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
+        with lock:
+            if store.read_cell_file(path).valid:
+                return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+            store.write_audit(results_dir, audit_cell(config, results_dir, spec, progress=progress, bundle=cell.bundle))
+        return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
 
 
-class _environ_kept:
-    """Restore ``os.environ`` on exit to what it was on entry (only the keys that changed)."""
+def run_audits(planned: Sequence[PlannedCell], spec: Any, results: Path, *, executor: str, scheduler: str | None,
+               workers: int | None, plugins: Sequence[str], progress: bool,
+               threads: int | None) -> tuple[int, int, int, float]:
+    """Audit every cell of the matrix that has no audit yet: natural training first (the other
+    audits' transfer surrogate). Returns (audits, already done, computed, seconds)."""
+    from .audit import plan_audit
+    from .registry import ATTACKS
+    from .scores import ERS_KEYS
 
-    def __enter__(self) -> None:
-        self.saved = dict(os.environ)
+    start = time.perf_counter()
 
-    def __exit__(self, *exc: object) -> None:
-        for key in set(os.environ) - set(self.saved):
-            del os.environ[key]
-        for key, value in self.saved.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+    def whole_suite(p: PlannedCell) -> bool:
+        return set(ERS_KEYS) <= {m for a in p.cell.attack_names for m in ATTACKS.create(a).metrics}
+
+    partial = [p for p in planned if not whole_suite(p)]
+    if partial:
+        _say(f"rrb: the audit needs the whole ERS suite; {len(partial)} cell(s) run with fewer attacks are not "
+             "audited", None)
+    ordered = sorted((p for p in planned if whole_suite(p)),
+                     key=lambda p: (p.dataset, p.config.seed, p.cell.defense_name != "nt"))
+    todo = []
+    for p in ordered:
+        _, _, audit_id = plan_audit(p.config, spec, bundle=p.cell.bundle)
+        if not store.read_cell_file(store.audit_path(results, p.dataset, audit_id)).valid:
+            todo.append(PlannedCell(p.config, p.cell, "missing", audit_id))
+    task = functools.partial(run_and_store_audit, spec=spec)
+    runner: LocalExecutor | DaskExecutor | None = None
+    computed = 0
+    try:
+        if todo:
+            runner = (DaskExecutor(task, results, plugins, scheduler, workers, threads) if executor == "dask"
+                      else LocalExecutor(task, results, plugins, progress, threads))
+            for result in runner.run(todo):
+                computed += result.status == "computed"
+                if result.status == "locked":
+                    _say(f"rrb: audit of {result.entry} seed {result.seed} is being computed by {result.lock_owner}; "
+                         "skipped here", None)
+    finally:
+        if runner is not None:
+            runner.close()
+    return len(ordered), len(ordered) - len(todo), computed, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +389,13 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
                data_root: str | None = None, device: str | None = None,
                defense_params: Mapping[str, Mapping[str, Any]] | None = None,
                plugins: Sequence[str | os.PathLike] = (), progress: bool = True,
-               attacks: Sequence[str] | None = None, threads: int | None = None) -> MatrixSummary:
+               attacks: Sequence[str] | None = None, threads: int | None = None,
+               audit: Any = None) -> MatrixSummary:
     """Run every missing cell of datasets × defenses × seeds and store each cell's rows.
+
+    ``audit``: an :class:`attacks.audit.AuditSpec`; when given, every cell of the matrix is then
+    audited (strong evaluation and sanity checks, :mod:`benchmark.audit`), each audit stored once
+    and resumable like a cell.
 
     Checks the results directory, loads ``plugins`` and resolves every cell before any work, so a
     bad name or path fails at once with a BenchmarkError. ``threads`` is torch's CPU thread count
@@ -467,11 +452,12 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
 
     try:
         if not todo:  # all done: no cluster to start
-            return _finish(summary, start)
+            return _finish(summary, start, planned, audit, results, executor, scheduler, workers, plugin_paths,
+                           progress, threads)
         if executor == "dask":
-            runner = DaskExecutor(results, plugin_paths, scheduler, workers, threads)
+            runner = DaskExecutor(run_and_store_cell, results, plugin_paths, scheduler, workers, threads)
         else:
-            runner = LocalExecutor(results, plugin_paths, progress, threads)
+            runner = LocalExecutor(run_and_store_cell, results, plugin_paths, progress, threads)
         for result in runner.run(todo):
             account(result)
         if waiting:
@@ -494,10 +480,18 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
             runner.close()
         if bar is not None:
             bar.close()
-    return _finish(summary, start)
+    return _finish(summary, start, planned, audit, results, executor, scheduler, workers, plugin_paths, progress,
+                   threads)
 
 
-def _finish(summary: MatrixSummary, start: float) -> MatrixSummary:
+def _finish(summary: MatrixSummary, start: float, planned: Sequence[PlannedCell] = (), audit: Any = None,
+            results: Path | None = None, executor: str = "local", scheduler: str | None = None,
+            workers: int | None = None, plugins: Sequence[str] = (), progress: bool = False,
+            threads: int | None = None) -> MatrixSummary:
+    if audit is not None and results is not None:
+        audits = run_audits(planned, audit, results, executor=executor, scheduler=scheduler, workers=workers,
+                            plugins=plugins, progress=progress, threads=threads)
+        summary.audits, summary.audits_skipped, summary.audits_computed, summary.audit_seconds = audits
     summary.wall_seconds = time.perf_counter() - start
     return summary
 
@@ -505,5 +499,5 @@ def _finish(summary: MatrixSummary, start: float) -> MatrixSummary:
 def _lock_released(results: Path, result: CellResult) -> bool:
     """True when the lock is gone, or stale as far as this host can tell (the task breaks it)."""
     path = store.lock_path(results, result.dataset, result.cell_id)
-    owner = store.read_lock(path)
-    return owner is None or store.lock_is_stale(path, owner)
+    owner = locks.read_lock(path)
+    return owner is None or locks.lock_is_stale(path, owner)

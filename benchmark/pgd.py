@@ -7,6 +7,7 @@ and defenses put the model in eval mode while perturbing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,3 +62,74 @@ def pgd(
         with torch.no_grad():
             x = project(x - config.alpha * grad.sign(), origin, config.epsilon)
     return x.detach()
+
+
+def _apgd_checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD may halve its step (Croce & Hein 2020): p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), as fractions of the budget."""
+    points = [0.0, 0.22]
+    while points[-1] < 1.0:
+        points.append(points[-1] + max(points[-1] - points[-2] - 0.03, 0.06))
+    return sorted({min(steps, int(math.ceil(p * steps))) for p in points if p <= 1.0} - {0})
+
+
+def apgd(
+    images: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    config: PGDConfig,
+    *,
+    momentum: float = 0.75,
+    rho: float = 0.75,
+) -> torch.Tensor:
+    """Minimise ``loss_fn`` with the adaptive step-size schedule of APGD (Croce & Hein 2020), the
+    step rule of the standard strong attack in image classification, and return the best iterate.
+
+    Start at step η = 2ε; each step takes a signed-gradient step z and moves with momentum,
+    x ← P(x + m·(z − x) + (1 − m)·(x − x_prev)). At the checkpoints of :func:`_apgd_checkpoints` the
+    step is halved, and the iterate reset to the best point so far, when fewer than ``rho`` of the
+    steps since the last checkpoint lowered the loss, or when neither the step nor the best loss
+    changed since then. ``config.steps`` gradient evaluations; ``config.alpha`` is not used.
+
+    Difference from APGD: our attack losses are batch means, so the step size and the "best point"
+    are shared by the batch rather than kept per image. The audit therefore keeps, per query, the
+    worst case over this and the other runs (``attacks.audit``).
+    """
+    origin = images.detach()
+    if config.steps <= 0 or config.epsilon <= 0:
+        return origin.clone()
+    epsilon = config.epsilon
+    checkpoints = set(_apgd_checkpoints(config.steps))
+    eta = 2.0 * epsilon
+
+    def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        x = x.detach().requires_grad_(True)
+        loss = loss_fn(x)
+        (grad,) = torch.autograd.grad(loss, x)
+        return float(loss.detach()), grad
+
+    x, x_prev = origin.clone(), origin.clone()
+    loss, grad = evaluate(x)
+    best_x, best_loss = x.clone(), loss
+    successes, last_loss = 0, loss
+    eta_at_checkpoint, best_at_checkpoint, since = eta, best_loss, 0
+    for step in range(1, config.steps):
+        with torch.no_grad():
+            z = project(x - eta * grad.sign(), origin, epsilon)
+            blend = momentum if step > 1 else 1.0
+            x_next = project(x + blend * (z - x) + (1 - blend) * (x - x_prev), origin, epsilon)
+        x_prev, x = x, x_next
+        loss, grad = evaluate(x)
+        successes += loss < last_loss
+        last_loss = loss
+        since += 1
+        if loss < best_loss:
+            best_x, best_loss = x.clone(), loss
+        if step in checkpoints:
+            stalled = successes < rho * since
+            unchanged = eta == eta_at_checkpoint and best_loss == best_at_checkpoint
+            if stalled or unchanged:
+                eta /= 2.0
+                x, x_prev = best_x.clone(), best_x.clone()
+                loss, grad = evaluate(x)
+            eta_at_checkpoint, best_at_checkpoint, successes, since = eta, best_loss, 0, 0
+    return best_x.detach()

@@ -410,7 +410,7 @@ def test_ga_terms_change_the_gradient_and_vanish_at_zero() -> None:
 def _one_step_budget(name: str, ctx: TrainContext) -> tuple[int, float]:
     """(PGD steps, step size) a TRIDE-family defense uses for one step, read from the PGD config it builds."""
     seen = {}
-    import defenses._common as common
+    import benchmark.defense as common  # perturb() calls the PGD loop through this module
 
     real = common.pgd
 

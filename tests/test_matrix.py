@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import benchmark
-from benchmark import matrix, store
+from benchmark import executors, locks, matrix, store
 from benchmark.cell import default_attack_names
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
@@ -323,7 +323,7 @@ def test_killed_matrix_resumes_without_recomputing(smoke_run, tmp_path):
 
         def lock_of_unfinished_cell() -> Path | None:
             for lock in (results / "cells" / "digits").glob("*.lock"):
-                owner = store.read_lock(lock)
+                owner = locks.read_lock(lock)
                 if owner is not None and owner.pid == proc.pid and not lock.with_suffix(".parquet").exists():
                     return lock
             return None
@@ -337,7 +337,7 @@ def test_killed_matrix_resumes_without_recomputing(smoke_run, tmp_path):
 
     done_before = mtimes(results)
     assert 1 <= len(done_before) < 4
-    assert lock.exists() and store.read_lock(lock).pid == proc.pid  # the dead process's lock is still there
+    assert lock.exists() and locks.read_lock(lock).pid == proc.pid  # the dead process's lock is still there
     summary = run_matrix(["digits"], DEFENSES, SEEDS, preset="smoke", results_dir=results, progress=False,
                          attacks=attacks, threads=THREADS)
     assert summary.skipped == len(done_before)
@@ -472,7 +472,7 @@ def test_dask_executor_gives_the_same_rows_as_local(smoke_run, tmp_path):
 def test_local_cluster_workers_do_not_trim_memory_every_free():
     """Dask's default MALLOC_TRIM_THRESHOLD_=65536 made every training step fault pages in again."""
     distributed = pytest.importorskip("distributed")
-    cluster = matrix._start_local_cluster(1, 3)
+    cluster = executors._start_local_cluster(1, 3)
     try:
         with distributed.Client(cluster) as client:
             seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENVIRON})

@@ -1,5 +1,5 @@
 """Executors: how the cells of a matrix get run. Every executor runs the same task,
-:func:`benchmark.matrix.run_and_store_cell`, and yields each cell's result as it finishes.
+:func:`benchmark.tasks.run_and_store_cell`, and yields each cell's result as it finishes.
 
 * :class:`LocalExecutor` runs the cells one after another in this process.
 * :class:`DaskExecutor` sends them to a ``dask.distributed`` cluster: a ``LocalCluster`` started
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import BenchmarkError
 
 if TYPE_CHECKING:
-    from .matrix import CellResult, PlannedCell
+    from .tasks import CellResult, PlannedCell
 
 EXECUTORS = ("local", "dask")
-# The task every executor runs: benchmark.matrix.run_and_store_cell (passed in, so that this module
+# The task every executor runs: benchmark.tasks.run_and_store_cell (passed in, so that this module
 # does not import the matrix that imports it). Dask pickles it by reference.
 Task = Callable[..., "CellResult"]
 

@@ -13,9 +13,10 @@ import torch
 from attacks.audit import AuditSpec, worse
 from benchmark import store
 from benchmark.cell import CellConfig
-from benchmark.matrix import run_and_store_audit, run_and_store_cell, run_matrix
+from benchmark.matrix import run_matrix
 from benchmark.pgd import PGDConfig, apgd, pgd
 from benchmark.plugins import load_builtins, load_plugin_file, restore_registries, snapshot_registries
+from benchmark.tasks import run_and_store_audit, run_and_store_cell
 
 THREADS = 2
 

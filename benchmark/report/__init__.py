@@ -17,6 +17,7 @@ The package has three parts: :mod:`.tables` (data and aggregation), :mod:`.plots
 :mod:`.render` (templates and the entry points).
 """
 
+from .model import Board, BoardKey, Cell, Column, Figure, Row
 from .plots import (
     plot_attack_bars,
     plot_clean_collapseness,
@@ -29,13 +30,7 @@ from .protocol import protocol_lines, provenance_lines
 from .render import build_boards, markdown_escape, render_from_store, render_leaderboards
 from .tables import (
     NON_ATTACK_GROUPS,
-    Board,
-    BoardKey,
-    Cell,
-    Column,
     EntrySummary,
-    Figure,
-    Row,
     attack_columns,
     board_keys,
     cell_table,

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..scores import ERS_KEYS, ERS_TERMS
-from .tables import Column, EntrySummary, Figure, pareto_front
+from .model import Column, Figure
+from .tables import EntrySummary, pareto_front
 
 
 def _pyplot():

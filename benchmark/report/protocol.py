@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .tables import BoardKey
+from .model import BoardKey
 
 
 def _fraction_of_255(value: float) -> str:

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from ..errors import BenchmarkError
 from ..replication import ACTIVITY_COLUMNS, colo_activity, replication
+from .model import Board
 from .plots import (
     plot_attack_bars,
     plot_clean_collapseness,
@@ -28,7 +29,6 @@ from .plots import (
 )
 from .protocol import _registry_description, _unique, protocol_lines, provenance_lines
 from .tables import (
-    Board,
     _board_rows,
     _check_frame,
     _table_rows,

@@ -1,0 +1,133 @@
+"""The leaderboard's page model: columns, cells, rows, figures and the board itself (templates read these)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+from ..replication import ActivityRow, Replication
+
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: where its number comes from and how to print it."""
+
+    key: str  # column of the per-cell table
+    label: str
+    decimals: int = 1
+    scale: float = 1.0  # fractions (R@1, WHM) are printed as percent
+    title: str = ""  # tooltip / legend text
+    group: str = ""  # "benign", "attack", "plugin", "score", "cost"
+    zero_std: bool = True  # False: a setting, not a measurement; "± 0" over seeds says nothing
+
+
+@dataclass
+class Cell:
+    """A printed table cell: the text and the raw number the HTML table sorts by."""
+
+    text: str
+    sort: float | str | None = None
+    css: str = ""
+
+
+@dataclass
+class Row:
+    rank: int
+    entry: str
+    defense_params: str
+    seeds: int
+    cells: list[Cell]
+    collapsed: Cell
+    kind: Cell
+    audit: Cell | None = None  # the attack-strength audit's verdict (boards that carry audits)
+
+
+AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"))
+
+
+@dataclass(frozen=True)
+class BoardKey:
+    dataset: str
+    preset: str
+    profile: str
+    profile_version: int
+    preset_version: int = 1
+
+    @property
+    def profile_id(self) -> str:
+        return f"{self.profile}-v{self.profile_version}"
+
+    @property
+    def preset_id(self) -> str:
+        """``quick v2``; version 1 is shown as the bare name."""
+        return self.preset if self.preset_version == 1 else f"{self.preset} v{self.preset_version}"
+
+    @property
+    def slug(self) -> str:
+        """File stem: only ``[a-z0-9.-]`` so it is safe as a path and as a Markdown link target."""
+        preset = self.preset if self.preset_version == 1 else f"{self.preset}-v{self.preset_version}"
+        raw = f"{self.dataset}-{preset}-{self.profile_id}"
+        return re.sub(r"[^a-z0-9.]+", "-", raw.lower()).strip("-.") or "board"
+
+
+@dataclass
+class Figure:
+    name: str  # short id: ers-r1, ers-cost, attacks, curves
+    title: str
+    caption: str
+    png: bytes | None  # None when there was nothing to draw
+    file: str = ""  # PNG file name beside the Markdown
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png or b"").decode("ascii")
+
+
+@dataclass
+class Board:
+    """Everything one leaderboard page shows."""
+
+    key: BoardKey
+    columns: list[Column]
+    rows: list[Row]
+    protocol: list[tuple[str, str]]
+    provenance: list[tuple[str, str]]
+    figures: list[Figure] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    split_description: str = ""
+    faithful: bool = True  # every row trained with the defenses' own published adversaries
+    replication: Replication | None = None
+    activity: list[ActivityRow] = field(default_factory=list)
+    activity_columns: list[str] = field(default_factory=list)
+    audited: bool = False  # some cells carry an attack-strength audit: the Audit column is shown
+
+    @property
+    def title(self) -> str:
+        return f"{self.key.dataset} · {self.key.preset_id} · {self.key.profile_id}"
+
+    @property
+    def audit_text(self) -> str:
+        return ("Each audited cell was attacked again, on the same queries with the same selections: per query "
+                "the worst case over the standard run, 2 random restarts, 4× the steps and the adaptive "
+                "(APGD) step schedule, all at the profile's ε; Strong ERS is the ERS of those worst cases and "
+                "Drop what it takes away. Three sanity checks flag gradient masking: at ε = 1 the attacks must "
+                "succeed (ERS ≤ 20); 4× the steps must not raise ERS by more than 2; a transfer attack crafted on "
+                "the natural-training model of the same seed must not beat the white-box attack by more than 2. "
+                "Audit s is its wall time per cell.")
+
+    @property
+    def not_a_ranking(self) -> str:
+        """The warning the page opens with when its rows are not a ranking ("" when they are)."""
+        if self.faithful:
+            return ""
+        return ("NOT A RANKING. These models were trained with a reduced adversary (the preset divides each "
+                "defense's training PGD steps and multiplies the step size, which turns a 32-step PGD "
+                "adversary into one or two FGSM-like steps), or the rows do not record their training "
+                "adversary. The numbers test the pipeline; they do not measure the published defenses. "
+                "Ranked boards come from a faithful preset (quick v2 or paper).")
+
+    @property
+    def plugin_entries(self) -> list[str]:
+        """Entries that come from plugins, in leaderboard order (shown on the index)."""
+        return [row.entry for row in self.rows if row.kind.sort == "plugin"]

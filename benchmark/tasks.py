@@ -1,0 +1,139 @@
+"""The units of work every executor runs: claim, compute and store one cell, or one cell's audit.
+
+A Dask worker runs exactly these functions, so they take plain arguments (a CellConfig, a results
+directory, plugin file paths) and do their own loading, locking and writing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import locks, store
+from .cell import CellConfig, ResolvedCell, resolve, run_cell
+from .errors import BenchmarkError
+from .plugins import load_plugins
+
+
+@dataclass
+class CellResult:
+    """What happened to one cell in one process."""
+
+    cell_id: str
+    dataset: str
+    entry: str
+    seed: int
+    status: str  # "computed" | "skipped" (already valid) | "locked" (another process holds it)
+    seconds: float = 0.0
+    path: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    lock_owner: str = ""
+
+
+@dataclass
+class PlannedCell:
+    config: CellConfig
+    cell: ResolvedCell
+    problem: str | None  # why an existing file is unusable; None when there is none
+    task_id: str | None = None  # the audit id, for an audit task; None: the cell itself
+
+    @property
+    def cell_id(self) -> str:
+        return self.task_id or self.cell.cell_id
+
+    @property
+    def dataset(self) -> str:
+        return self.cell.bundle.name
+
+
+
+def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_cell_id: str | None = None,
+                       plugins: Sequence[str] = (), progress: bool = False, bundle: Any = None,
+                       threads: int | None = None) -> CellResult:
+    """Claim, run and store one cell; the task of every executor (a Dask worker runs exactly this).
+
+    ``threads``: torch's CPU thread count while the cell runs (restored afterwards); ``None``
+    keeps the process's. Returns status ``"locked"`` without doing anything when another live
+    process holds the cell, and ``"skipped"`` when the cell turns out to be finished once its
+    lock is held.
+    """
+    if threads is None:
+        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expected_cell_id: str | None,
+                        plugins: Sequence[str], progress: bool, bundle: Any) -> CellResult:
+    start = time.perf_counter()
+    load_plugins(plugins)
+    cell = resolve(config, bundle=bundle)
+    if expected_cell_id is not None and cell.cell_id != expected_cell_id:
+        raise BenchmarkError(
+            f"cell {cell.entry} seed {config.seed} on {cell.bundle.name} resolves to config hash "
+            f"{cell.cell_id[:12]} here but {expected_cell_id[:12]} where the matrix was built: the "
+            "code or plugin files differ between the machines")
+    dataset, cell_id = cell.bundle.name, cell.cell_id
+    path = store.cell_path(results_dir, dataset, cell_id)
+    base = dict(cell_id=cell_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
+
+    lock = locks.CellLock.acquire(results_dir, dataset, cell_id)
+    if lock is None:
+        owner = locks.read_lock(store.lock_path(results_dir, dataset, cell_id))
+        return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
+    with lock:
+        # Another process may have finished the cell between our check and our lock.
+        if store.read_cell_file(path).valid:
+            return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+        output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
+        store.write_cell(results_dir, output.rows, output.telemetry)
+    return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+
+
+def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, spec: Any,
+                        expected_cell_id: str | None = None, plugins: Sequence[str] = (), progress: bool = False,
+                        bundle: Any = None, threads: int | None = None) -> CellResult:
+    """Claim, audit and store one finished cell (:mod:`benchmark.audit`): the audit task of every executor.
+
+    ``expected_cell_id`` is the audit id planned by the matrix. Same statuses as
+    :func:`run_and_store_cell`.
+    """
+    import torch
+
+    from .audit import audit_cell, plan_audit
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        load_plugins(plugins)
+        cell, _, audit_id = plan_audit(config, spec, bundle=bundle)
+        if expected_cell_id is not None and audit_id != expected_cell_id:
+            raise BenchmarkError(f"audit of {cell.entry} seed {config.seed} resolves to {audit_id[:12]} here but "
+                                 f"{expected_cell_id[:12]} where the matrix was built: the code differs")
+        dataset = cell.bundle.name
+        path = store.audit_path(results_dir, dataset, audit_id)
+        base = dict(cell_id=audit_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
+        lock = locks.CellLock.acquire(results_dir, dataset, audit_id)
+        if lock is None:
+            owner = locks.read_lock(store.lock_path(results_dir, dataset, audit_id))
+            return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
+        with lock:
+            if store.read_cell_file(path).valid:
+                return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+            store.write_audit(results_dir, audit_cell(config, results_dir, spec, progress=progress, bundle=cell.bundle))
+        return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)

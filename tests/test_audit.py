@@ -16,6 +16,7 @@ from benchmark.cell import CellConfig
 from benchmark.matrix import run_matrix
 from benchmark.pgd import PGDConfig, apgd, pgd
 from benchmark.plugins import load_builtins, load_plugin_file, restore_registries, snapshot_registries
+from benchmark.report import build_boards
 from benchmark.tasks import run_and_store_audit, run_and_store_cell
 
 THREADS = 2
@@ -129,3 +130,19 @@ def test_apgd_stays_in_the_ball_and_does_not_lose_to_its_start():
     assert float(loss(out)) <= float(loss(x0))
     assert float(loss(out)) <= float(loss(pgd(x0, loss, config))) + 1e-4
     assert math.isfinite(float(loss(out)))
+
+
+def test_board_says_what_the_audits_found(audited):
+    _, rows, by_entry = audited
+    (board,) = build_boards(rows, None, plots=False)
+    assert board.audited
+    findings = board.audit_findings
+    # The masked entry and NT share one board row (same entry, different model), so it is the
+    # row, not the model, that the board flags: the flagged seed shows in the Audit column.
+    flagged_rows = [row.entry for row in board.rows if row.audit is not None and row.audit.css == "warn"]
+    assert flagged_rows and findings.endswith("Flagged: " + ", ".join(flagged_rows) + ".")
+    strong = {row.entry: row for row in board.rows}
+    order = findings.split("Ranked by Strong ERS: ")[1].split(". Largest drop")[0]
+    assert [part.rsplit(" ", 1)[0] for part in order.split(", ")] == sorted(
+        strong, key=lambda entry: -board._column_values("audit:ERS:strong")[entry])
+    assert "Largest drop: " in findings

@@ -362,3 +362,14 @@ def test_render_from_store_reads_the_store(tmp_path, monkeypatch):
     fake.load_results = lambda results_dir, dataset=None: results.iloc[0:0]
     with pytest.raises(BenchmarkError, match="no results in .* for dataset 'cub'"):
         render_from_store(tmp_path / "results", tmp_path / "reports", dataset="cub")
+
+
+def test_protocol_gives_natural_trainings_benign_r1():
+    from benchmark.report.protocol import _natural_training_r1
+
+    def row(defense, seed, value, metric="R@1"):
+        return {"defense": defense, "attack": "benign", "metric": metric, "value": value, "seed": seed}
+
+    rows = pd.DataFrame([row("nt", 0, 0.50), row("nt", 1, 0.60), row("act", 0, 0.9), row("nt", 0, 0.7, "R@2")])
+    assert _natural_training_r1(rows).startswith("55.0 % ± 7.1 (nt, 2 seeds")
+    assert _natural_training_r1(rows[rows["defense"] == "act"]) == ""

@@ -116,6 +116,35 @@ class Board:
                 "the natural-training model of the same seed must not beat the white-box attack by more than 2. "
                 "Audit s is its wall time per cell.")
 
+    def _column_values(self, key: str) -> dict[str, float]:
+        """Entry -> the raw number of one column (entries without a number are left out)."""
+        index = next((i for i, column in enumerate(self.columns) if column.key == key), None)
+        if index is None:
+            return {}
+        return {row.entry: float(row.cells[index].sort) for row in self.rows
+                if isinstance(row.cells[index].sort, (int, float))}
+
+    @property
+    def audit_findings(self) -> str:
+        """What the stored audits say, computed from the rows: the Strong-ERS order, the largest drop, flags."""
+        strong = self._column_values("audit:ERS:strong")
+        if not strong:
+            return ""
+        drop = self._column_values("audit:drop")
+        order = sorted(strong, key=lambda entry: -strong[entry])
+        parts = ["Ranked by Strong ERS: " + ", ".join(f"{entry} {strong[entry]:.1f}" for entry in order) + "."]
+        if drop:
+            worst = max(drop, key=lambda entry: drop[entry])
+            standard = drop[worst] + strong.get(worst, 0.0)  # the audited seeds' own standard ERS
+            share = f" ({drop[worst] / standard:.0%} of its standard ERS)" if standard > 0 else ""
+            parts.append(f"Largest drop: {worst}, {drop[worst]:.1f} ERS points{share}.")
+        flagged = [row.entry for row in self.rows if row.audit is not None and row.audit.css == "warn"]
+        parts.append("Flagged: " + (", ".join(flagged) if flagged else "none") + ".")
+        unaudited = [row.entry for row in self.rows if row.entry not in strong]
+        if unaudited:
+            parts.append("Not audited yet: " + ", ".join(unaudited) + ".")
+        return " ".join(parts)
+
     @property
     def not_a_ranking(self) -> str:
         """The warning the page opens with when its rows are not a ranking ("" when they are)."""

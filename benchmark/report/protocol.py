@@ -76,12 +76,30 @@ def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) ->
                      else "REDUCED (training PGD steps divided, step multiplied): not a ranking")
         lines.append(("Training adversary", adversary))
     lines.append(("Epochs", _join(_unique(rows, "epochs"), lambda v: str(int(v)))))
+    natural = _natural_training_r1(rows)
+    if natural:
+        lines.append(("Natural training R@1", natural))
     lines.append(("Batch", _join(_unique(rows, "batch_pairs"),
                                  lambda v: f"{int(v)} pairs (SPC-2, {2 * int(v)} images)")))
     lines.append(("Attack queries", _join(_unique(rows, "attack_queries"), lambda v: str(int(v)))))
     lines.append(("Seeds", _join(_unique(rows, "seed"), lambda v: str(int(v)))))
     lines.append(("Models", _join(_unique(rows, "model"))))
     return lines
+
+
+def _natural_training_r1(rows: pd.DataFrame) -> str:
+    """Benign test R@1 of natural training (``nt``) at these epochs: how far the schedule trains a model."""
+    needed = {"defense", "attack", "metric", "value", "seed"}
+    if not needed <= set(rows.columns):
+        return ""
+    nt = rows[(rows["defense"] == "nt") & (rows["attack"] == "benign") & (rows["metric"] == "R@1")]
+    values = nt.groupby("seed")["value"].first().astype(float) * 100
+    if values.empty:
+        return ""
+    text = f"{values.mean():.1f} %"
+    if len(values) > 1:
+        text += f" ± {values.std(ddof=1):.1f}"
+    return text + f" (nt, {len(values)} seed{'s' if len(values) > 1 else ''}; the benign quality these epochs reach)"
 
 
 def provenance_lines(rows: pd.DataFrame) -> list[tuple[str, str]]:

@@ -27,7 +27,8 @@ import pandas as pd
 from attacks.audit import AuditSpec, Surrogate, run_audit, verdicts
 
 from . import store
-from .cell import CellConfig, ResolvedCell, TrainedModel, resolve, train_or_load
+from .cell import CellConfig, ResolvedCell, resolve, train_or_load
+from .checkpoints import TrainedModel
 from .errors import BenchmarkError
 from .evaluation import embed_split
 from .registry import ATTACKS
@@ -99,7 +100,7 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
 
 
 def _rows(standard: pd.DataFrame, identity: str, spec: AuditSpec, numbers: dict[str, float], report) -> pd.DataFrame:
-    from .cell import provenance
+    from .provenance import provenance
     from .trainer import resolve_device
 
     base = standard.iloc[0].to_dict()

@@ -9,29 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write
+from .checkpoints import TrainedModel, load_checkpoint, make_model, save_checkpoint
 from .datasets import DatasetBundle, load_dataset
 from .defense import Defense
 from .errors import BenchmarkError
 from .evaluation import embed_split
-from .models import build_model
 from .plugins import load_builtins
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
+from .provenance import provenance
 from .registry import DEFENSES, MODELS
 from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET, training_summary
-from .trainer import TrainHistory, device_name, resolve_device, seed_everything, train_model
-
-CHECKPOINT_FORMAT = 1
+from .trainer import resolve_device, seed_everything, train_model
 
 
 @dataclass(frozen=True)
@@ -168,22 +163,6 @@ def default_attack_names() -> tuple[str, ...]:
     return ("ca+", "ca-", "qa+", "qa-", "tma", "es", "ltm", "gtm", "gtt")
 
 
-def make_model(cell: ResolvedCell) -> torch.nn.Module:
-    kwargs: dict[str, Any] = {}
-    if cell.model_name == "resnet18" and cell.config.weights:
-        kwargs["weights"] = cell.config.weights
-    if cell.model_name == "c2f2" and cell.bundle.in_channels != 1:
-        kwargs["in_channels"] = cell.bundle.in_channels
-    return build_model(cell.model_name, **kwargs)
-
-
-@dataclass
-class TrainedModel:
-    model: torch.nn.Module
-    history: TrainHistory
-    loaded: bool  # True when read from an existing checkpoint
-
-
 def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = True,
                   retrain: bool = False) -> TrainedModel:
     """Train the cell's model, or load its checkpoint when one exists (weights_only=True)."""
@@ -201,42 +180,6 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
     return TrainedModel(model, history, loaded=False)
 
 
-def save_checkpoint(cell: ResolvedCell, model: torch.nn.Module, history: TrainHistory, path: Path) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "train_id": cell.train_id,
-        "config": json.dumps(cell.train_payload(), sort_keys=True, default=str),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "telemetry": history.telemetry,
-        "epoch_seconds": history.epoch_seconds,
-        "train_seconds": history.train_seconds,
-        "pgd_steps": history.pgd_steps,
-        "steps": history.steps,
-    }
-    atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(cell: ResolvedCell, path: Path) -> TrainedModel | None:
-    """Load a checkpoint; ``None`` when it is corrupt or belongs to another config."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("train_id") != cell.train_id:
-            return None
-        model = make_model(cell)
-        model.load_state_dict(payload["state_dict"])
-    except Exception:  # a truncated or foreign file: retrain rather than fail
-        return None
-    model.to(cell.device).eval()
-    history = TrainHistory(telemetry=list(payload["telemetry"]), epoch_seconds=list(payload["epoch_seconds"]),
-                           train_seconds=float(payload["train_seconds"]), pgd_steps=int(payload["pgd_steps"]),
-                           steps=int(payload["steps"]))
-    return TrainedModel(model, history, loaded=True)
-
-
 def benign_metrics(cell: ResolvedCell, model: torch.nn.Module, test_embeddings: torch.Tensor) -> dict[str, float]:
     """R@1, R@2, mAP, mAP@R, mAP@10, NMI on the test split and R@1 on the train split."""
     from .metrics import retrieval_metrics
@@ -251,39 +194,6 @@ def benign_metrics(cell: ResolvedCell, model: torch.nn.Module, test_embeddings: 
     train_metrics = retrieval_metrics(train_embeddings, train.labels.to(train_embeddings.device), ks=(1,), nmi=False)
     metrics["train:R@1"] = train_metrics["R@1"]
     return metrics
-
-
-def provenance(device: torch.device) -> dict[str, Any]:
-    try:
-        import faiss
-
-        faiss_version = faiss.__version__
-    except Exception:
-        faiss_version = "unavailable"
-    return {
-        "package_version": __version__,
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "faiss_version": faiss_version,
-        "device_name": device_name(device),
-        "created_at": datetime.now(timezone.utc),
-    }
-
-
-def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it ("unknown" outside git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=here, timeout=5)
-        commit = out.stdout.strip()
-        if not commit:
-            return "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, cwd=here, timeout=5)
-        return commit + ("+dirty" if status.stdout.strip() else "")
-    except Exception:
-        return "unknown"
 
 
 @dataclass

@@ -276,7 +276,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from .cell import evaluate_cell, load_checkpoint, resolve
+    from .cell import evaluate_cell, resolve
+    from .checkpoints import load_checkpoint
     from .scores import ARS_KEYS, ERS_KEYS
 
     _load_plugins(args.plugin)

@@ -110,6 +110,32 @@ def test_audit_is_stored_beside_the_cell_and_resumes(audited, tmp_path):
     assert (again.computed, again.audits_computed, again.audits_skipped) == (0, 0, 2)
 
 
+def test_audit_seconds_leave_out_retraining_the_model(audited, monkeypatch):
+    """A machine without the checkpoint retrains the model first; that time is model_seconds, not
+    the audit's own cost (Audit s on the board)."""
+    import time as _time
+
+    from benchmark import audit as audit_module
+
+    summary, _, _ = audited
+    slow = 1.5
+    original = audit_module.train_or_load
+
+    def slow_train_or_load(*args, **kwargs):
+        _time.sleep(slow)  # stands for retraining a checkpoint that is not on this machine
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "train_or_load", slow_train_or_load)
+    config = CellConfig(dataset="digits", defense="act", preset="smoke")
+    start = _time.perf_counter()
+    frame = audit_module.audit_cell(config, summary.results_dir, AuditSpec(restarts=1, step_factor=2),
+                                    progress=False)
+    wall = _time.perf_counter() - start
+    numbers = dict(zip(frame["metric"], frame["value"]))
+    assert numbers["model_seconds"] >= 2 * slow  # the model and its NT surrogate
+    assert 0 < numbers["audit_seconds"] <= wall - 2 * slow
+
+
 def test_worst_case_follows_each_values_direction():
     a, b = torch.tensor([10.0, 50.0]), torch.tensor([20.0, 40.0])
     assert worse(a, b, True).tolist() == [10.0, 40.0]  # higher is robust: the attacker wants it low

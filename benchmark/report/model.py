@@ -114,7 +114,7 @@ class Board:
                 "Drop what it takes away. Three sanity checks flag gradient masking: at ε = 1 the attacks must "
                 "succeed (ERS ≤ 20); 4× the steps must not raise ERS by more than 2; a transfer attack crafted on "
                 "the natural-training model of the same seed must not beat the white-box attack by more than 2. "
-                "Audit s is its wall time per cell.")
+                "Audit s is its wall time per cell, not counting loading (or retraining) the model.")
 
     def _column_values(self, key: str) -> dict[str, float]:
         """Entry -> the raw number of one column (entries without a number are left out)."""

@@ -205,7 +205,8 @@ def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, au
         Column("eval_seconds", "Eval s", 1, 1.0, "evaluation wall time (gallery, benign metrics, attacks), s", "cost"),
     ]
     if audited:
-        columns.append(Column("audit:audit_seconds", "Audit s", 1, 1.0, "wall time of the attack-strength audit, s",
+        columns.append(Column("audit:audit_seconds", "Audit s", 1, 1.0,
+                              "wall time of the attack-strength audit (loading or retraining the model not counted), s",
                               "cost"))
     return columns
 

@@ -50,7 +50,10 @@ def _threads(text: str) -> int:
 def _queries(text: str) -> int | str:
     if text.strip().lower() == "all":
         return "all"
-    value = _positive_int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
     return value
@@ -298,6 +301,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
           f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {_preset_text(cell.preset)}", file=sys.stderr)
     out = evaluate_cell(cell, trained, progress=not args.quiet, queries=args.queries)
     rows = out.rows
+    attacked = int(rows["attack_queries"].iloc[0])
+    print(f"queries attacked: {attacked} of {len(cell.bundle.test)} test images")
     adversarial = rows[rows["variant"] == "adversarial"]
     clean = rows[rows["variant"] == "clean"].set_index("metric")["value"]
     print(f"{'attack':<8}{'metric':<8}{'clean':>10}{'attacked':>10}{'seconds':>10}")

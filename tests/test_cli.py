@@ -42,6 +42,8 @@ def test_list_shows_every_kind_with_descriptions(capsys):
     (["train", "--defense", "ga", "--defense-param", "nosuch=1"], "nosuch"),
     (["train", "--defense", "ga", "--defense-param", "epsilon=abc"], "epsilon"),
     (["attack", "--attacks", "ca+,nosuch"], "known attacks"),
+    (["attack", "--queries", "0"], "--queries"),
+    (["attack", "--queries", "some"], "'all'"),
     (["train", "--defense", "hm", "--defense-param", "margin=-5"], "accepted: 0 ≤ margin"),
     (["train", "--defense", "colo-tride", "--defense-param", "phases=both"], "alternate, cap, anp, joint"),
     (["list", "nosuch"], "invalid choice"),
@@ -83,6 +85,13 @@ def test_train_then_attack_prints_metrics_raw_values_and_scores(capsys, tmp_path
     for key in ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT"):
         assert f" {key} " in out or out.count(key) >= 1
     assert "ERS=" in out and "ARS=" in out
+    assert "queries attacked: 16 of 539 test images" in out  # the smoke preset's query budget
+
+    # --queries N and --queries all override the preset's budget (all: every test image)
+    for queries, expected in (("24", "24 of 539"), ("all", "539 of 539")):
+        code, out, _ = run_cli(capsys, "attack", "--preset", "smoke", "--results", results, "--quiet",
+                               "--attacks", "ca+", "--queries", queries)
+        assert code == 0 and f"queries attacked: {expected} test images" in out, out
 
 
 def test_defense_params_change_the_checkpoint_key(capsys, tmp_path):

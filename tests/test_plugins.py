@@ -6,9 +6,10 @@ file's sha256 and renders leaderboards that label it; every kind of broken plugi
 one line (exit status 2) while the results directory stays byte-identical and the registry clean;
 an attack plugin reports its own metric as an extra column and never changes the built-in numbers.
 
-Cost control: every run uses the smoke preset on ``digits``. ``rrb submit`` always runs the full
-attack suite; here ``benchmark.cell.default_attack_names`` is narrowed to CA+ so a submission costs
-seconds (the submit code path is the same; only the number of attacks differs).
+Cost control: every run uses the smoke preset on ``digits``. The two happy-path submissions run the
+whole attack suite (the audit needs every ERS attack); the first one audits with a cheaper budget
+(1 restart, 2x steps: the same checks and code path), the second reuses its checkpoint and passes
+``--no-audit``. Broken plugins are refused before anything runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from attacks.audit import AuditSpec
 from benchmark.cli import main
 from benchmark.plugins import PLUGIN_MODULE_PREFIX, restore_registries, snapshot_registries
 from benchmark.plugins import load_builtins as import_builtins
@@ -49,12 +51,6 @@ def clean_registry():
     snapshot = snapshot_registries()
     yield
     restore_registries(snapshot)
-
-
-@pytest.fixture
-def quick_suite(monkeypatch):
-    """Narrow the default attack suite (what ``rrb submit`` runs) to CA+ to keep the test fast."""
-    monkeypatch.setattr("benchmark.cell.default_attack_names", lambda: ("ca+",))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,9 @@ def submitted(populated_results, tmp_path_factory) -> Submission:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), \
                 contextlib.redirect_stdout(io.StringIO()):
             mp.setenv("RRB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "rrb-cache"))
-            mp.setattr("benchmark.cell.default_attack_names", lambda: ("ca+",))
+            # The whole attack suite (the audit needs every ERS attack) and a cheaper audit budget:
+            # the checks and the code path are the ones a real submission runs.
+            mp.setattr("benchmark.cli._audit_spec", lambda: AuditSpec(restarts=1, step_factor=2))
             code = main(["submit", str(EXAMPLE), *SMOKE, "--results", str(results), "--out", str(out)])
     finally:
         restore_registries(snapshot)
@@ -248,12 +246,28 @@ def test_submit_plugin_file(submitted):
     assert ">nt</td>" in board and 'data-sort="built-in">built-in' in board  # ranked beside the built-in
 
 
-def test_submit_installed_plugin_by_name(installed_plugin, submitted, tmp_path, quick_suite, capsys):
+def test_submit_audits_the_plugin_by_default(submitted):
+    """A plugin cannot enter the ranking unaudited: ``rrb submit`` without ``--no-audit`` stores an
+    audit of the plugin's cell and the board shows its verdict, not the 'UNAUDITED plugin' warning."""
+    assert submitted.code == 0, submitted.err
+    new = set(tree(submitted.results)) - set(submitted.before)
+    assert any(path.startswith("audits/digits/") for path in new)
+    rows = load_results(submitted.results)
+    audit = rows[(rows["attack"] == "audit") & (rows["defense"] == PLUGIN_NAME)]
+    assert {"ERS:strong", "drop", "flagged", "audit_seconds"} <= set(audit["metric"])
+    assert audit["is_plugin"].all() and (audit["plugin_hash"] == EXAMPLE_SHA).all()
+    board = (submitted.out / "digits-smoke-rob28-v1.md").read_text()
+    line = next(row for row in board.splitlines() if row.startswith("|") and f" {PLUGIN_NAME} " in row)
+    assert "UNAUDITED plugin" not in line
+    assert "pass 1/1" in line or "FLAGGED 1/1" in line
+
+
+def test_submit_installed_plugin_by_name(installed_plugin, submitted, tmp_path, capsys):
     """Submitting the installed copy of the example by its name gives the same cell (same code, same hash):
     the file submission's checkpoint is reused, and the rows are marked as coming from the package."""
     results, out = tmp_path / "R", tmp_path / "O"
     shutil.copytree(submitted.results / "checkpoints", results / "checkpoints")
-    code = main(["submit", PLUGIN_NAME, *SMOKE, "--results", str(results), "--out", str(out)])
+    code = main(["submit", PLUGIN_NAME, *SMOKE, "--results", str(results), "--out", str(out), "--no-audit"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "installed package (entrypoint:rrb-demo-plugin)" in err
@@ -265,6 +279,11 @@ def test_submit_installed_plugin_by_name(installed_plugin, submitted, tmp_path, 
     first = first[first["defense"] == PLUGIN_NAME]
     assert set(mine["cell_id"]) == set(first["cell_id"])
     assert set(mine["train_seconds"]) == set(first["train_seconds"])  # loaded, not retrained
+    # --no-audit: nothing audited, and the board warns that this plugin entered unaudited
+    assert "audit" not in set(mine["attack"]) and not (results / "audits").exists()
+    line = next(row for row in (out / "digits-smoke-rob28-v1.md").read_text().splitlines()
+                if row.startswith("|") and f" {PLUGIN_NAME} " in row)
+    assert "UNAUDITED plugin" in line
 
 
 def test_submit_refuses_builtin_and_unknown_names(tmp_path, capsys):

@@ -129,7 +129,8 @@ class Board:
         """What the stored audits say, computed from the rows: the Strong-ERS order, the largest drop, flags."""
         strong = self._column_values("audit:ERS:strong")
         if not strong:
-            return ""
+            return ("No cell on this board is audited yet (`rrb run --audit`, or `rrb submit` without "
+                    "`--no-audit`).")
         drop = self._column_values("audit:drop")
         order = sorted(strong, key=lambda entry: -strong[entry])
         parts = ["Ranked by Strong ERS: " + ", ".join(f"{entry} {strong[entry]:.1f}" for entry in order) + "."]

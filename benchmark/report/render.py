@@ -89,7 +89,9 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
     for key in board_keys(frame):
         rows = _board_rows(frame, key)
         table, value_columns = cell_table(rows)
-        audited = bool((rows["attack"] == "audit").any())
+        # The audit columns appear once any cell is audited, and always beside a plugin: a plugin
+        # submitted with --no-audit must read "UNAUDITED plugin", not simply lack the column.
+        audited = bool((rows["attack"] == "audit").any() or rows["is_plugin"].any())
         columns = leaderboard_columns(value_columns, audited=audited)
         summaries = summarise(table, columns)
         split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)

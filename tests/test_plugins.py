@@ -128,6 +128,12 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def board_row(out: Path, entry: str) -> str:
+    """The Markdown leaderboard's table row of one entry."""
+    board = (out / "digits-smoke-rob28-v1.md").read_text()
+    return next(row for row in board.splitlines() if row.startswith("|") and f" {entry} " in row)
+
+
 def plugin_modules() -> set[str]:
     return {m for m in sys.modules if m.startswith(PLUGIN_MODULE_PREFIX)}
 
@@ -256,8 +262,7 @@ def test_submit_audits_the_plugin_by_default(submitted):
     audit = rows[(rows["attack"] == "audit") & (rows["defense"] == PLUGIN_NAME)]
     assert {"ERS:strong", "drop", "flagged", "audit_seconds"} <= set(audit["metric"])
     assert audit["is_plugin"].all() and (audit["plugin_hash"] == EXAMPLE_SHA).all()
-    board = (submitted.out / "digits-smoke-rob28-v1.md").read_text()
-    line = next(row for row in board.splitlines() if row.startswith("|") and f" {PLUGIN_NAME} " in row)
+    line = board_row(submitted.out, PLUGIN_NAME)
     assert "UNAUDITED plugin" not in line
     assert "pass 1/1" in line or "FLAGGED 1/1" in line
 
@@ -281,9 +286,7 @@ def test_submit_installed_plugin_by_name(installed_plugin, submitted, tmp_path, 
     assert set(mine["train_seconds"]) == set(first["train_seconds"])  # loaded, not retrained
     # --no-audit: nothing audited, and the board warns that this plugin entered unaudited
     assert "audit" not in set(mine["attack"]) and not (results / "audits").exists()
-    line = next(row for row in (out / "digits-smoke-rob28-v1.md").read_text().splitlines()
-                if row.startswith("|") and f" {PLUGIN_NAME} " in row)
-    assert "UNAUDITED plugin" in line
+    assert "UNAUDITED plugin" in board_row(out, PLUGIN_NAME)
 
 
 def test_submit_refuses_builtin_and_unknown_names(tmp_path, capsys):

@@ -100,7 +100,7 @@ class Board:
     replication: Replication | None = None
     activity: list[ActivityRow] = field(default_factory=list)
     activity_columns: list[str] = field(default_factory=list)
-    audited: bool = False  # some cells carry an attack-strength audit: the Audit column is shown
+    audited: bool = False  # some cell carries an audit, or some entry is a plugin: the audit columns are shown
 
     @property
     def title(self) -> str:

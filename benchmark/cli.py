@@ -6,6 +6,7 @@ Every error a user can cause is a BenchmarkError: printed as one line, exit stat
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -33,6 +34,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**32 - 1  # benchmark.matrix.MAX_SEED: what every seeded generator accepts
+MAX_THREADS = 1024  # --threads and --workers: far above any machine this runs on, below absurd
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _csv(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -41,9 +66,12 @@ def _csv(text: str) -> list[str]:
 
 
 def _threads(text: str) -> int:
-    value = _positive_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_THREADS}, got {text!r}")
     return value
 
 
@@ -60,7 +88,7 @@ def _queries(text: str) -> int | str:
 
 
 def _seeds(text: str) -> list[int]:
-    return [_positive_int(t) for t in _csv(text)]
+    return [_seed(t) for t in _csv(text)]
 
 
 def _common(p: argparse.ArgumentParser, *, results: bool = True) -> None:
@@ -79,11 +107,12 @@ def _cell_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a defense hyper-parameter (repeatable)")
     p.add_argument("--preset", default="quick", help="smoke, quick (default) or paper")
-    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help=f"integer from 0 to {MAX_SEED} (default 0)")
     p.add_argument("--profile", default="auto", help="auto (default), rob28 or rob224")
     p.add_argument("--model", default=None, help="model name (default: the dataset's)")
     p.add_argument("--weights", default=None, help="ImageNet weights for resnet18: a local .pth file or 'imagenet'")
-    p.add_argument("--attention-lambda", type=float, default=None, help="λ of collapseness (default per dataset)")
+    p.add_argument("--attention-lambda", type=_non_negative_float, default=None,
+                   help="λ of collapseness, a finite number >= 0 (default per dataset)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_REPORTS, help="output folder (default: reports)")
     p.add_argument("--dataset", default=None, help="only this dataset's leaderboards")
 
+    p = sub.add_parser("verify", help="check every stored file against the store's manifest (MANIFEST.sha256)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
+    p.add_argument("--record", action="store_true",
+                   help="enter the files that have no entry yet (a store written before manifests existed) and "
+                        "forget entries whose file is gone; a changed file is never accepted")
+
     p = sub.add_parser("submit", help="validate a plugin defense, run the standard matrix for it, "
                                       "re-render the leaderboards")
     p.add_argument("plugin_file_or_name", metavar="FILE_OR_NAME",
@@ -153,14 +188,15 @@ def _matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", type=_csv, default=["digits"], metavar="A,B,...",
                    help="datasets of the matrix (rrb list datasets); default digits")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="0,1,...",
-                   help="non-negative integer seeds (default 0)")
+                   help=f"integer seeds from 0 to {MAX_SEED} (default 0)")
     p.add_argument("--preset", default="quick", help="smoke, quick (default) or paper")
     p.add_argument("--profile", default="auto", help="auto (default), rob28 or rob224")
     p.add_argument("--executor", default="local", choices=["local", "dask"],
                    help="local (default: cells one after another here) or dask")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address (tcp://HOST:PORT); default: a LocalCluster on this machine")
-    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default 2)")
+    p.add_argument("--workers", type=_threads, default=None,
+                   help=f"LocalCluster worker processes, 1 to {MAX_THREADS} (default 2)")
     _common(p)
 
 
@@ -189,13 +225,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return COMMANDS[args.command](args)
+        with _one_line_warnings():
+            return COMMANDS[args.command](args)
     except BenchmarkError as exc:
         print(f"rrb: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+
+
+class _one_line_warnings:
+    """The store's warnings (a corrupt or tampered file left out) as one ``rrb: warning:`` line each,
+    instead of Python's two-line warning format."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from .store import CorruptCellWarning
+
+        self.previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CorruptCellWarning):
+                print(f"rrb: warning: {message}", file=sys.stderr)
+            else:
+                self.previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.showwarning = self.previous
 
 
 def _load_plugins(paths: list[str]) -> None:
@@ -221,6 +283,33 @@ def cmd_list(args: argparse.Namespace) -> int:
         origin = "" if not entry.is_plugin else f" [{entry.source}]"
         print(f"{entry.name:<{width}}{entry.description}{aliases}{origin}")
     return 0
+
+
+def _check_plugins(cell) -> None:
+    """Validate the plugin defense and plugin attacks a cell uses (as rrb submit does), before any work."""
+    from .validation import check_plugins_in_use
+
+    check_plugins_in_use([cell.defense_name], list(cell.attack_names), seed=cell.config.seed)
+
+
+class _plugin_failures:
+    """Third-party code failing mid-run becomes one line naming the plugin, not a traceback."""
+
+    def __init__(self, cell) -> None:
+        self.cell = cell
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from .tasks import plugin_names
+
+        if exc is None or isinstance(exc, (BenchmarkError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+            return False
+        plugins = plugin_names(self.cell)
+        if not plugins:
+            return False
+        raise BenchmarkError(f"{plugins} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _cell_config(args: argparse.Namespace, **overrides):
@@ -261,13 +350,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugin)
     cell = resolve(_cell_config(args))
+    _check_plugins(cell)
     results = _check_results_dir(args.results)
     print(f"train {cell.entry} on {cell.bundle.name} ({len(cell.bundle.train)} train / {len(cell.bundle.test)} test "
           f"images), model {cell.model_name}, preset {_preset_text(cell.preset)}, seed {cell.config.seed}, "
           f"device {cell.device}", file=sys.stderr)
-    trained = train_or_load(cell, results, progress=not args.quiet, retrain=args.retrain)
-    gallery = embed_split(trained.model, cell.bundle.test, device=cell.device)
-    metrics = benign_metrics(cell, trained.model, gallery)
+    with _plugin_failures(cell):
+        trained = train_or_load(cell, results, progress=not args.quiet, retrain=args.retrain)
+        gallery = embed_split(trained.model, cell.bundle.test, device=cell.device)
+        metrics = benign_metrics(cell, trained.model, gallery)
     h = trained.history
     status = "loaded checkpoint" if trained.loaded else "trained"
     print(f"{status}: {cell.checkpoint_path(results)}")
@@ -285,6 +376,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugin)
     cell = resolve(_cell_config(args, attacks=tuple(args.attacks) if args.attacks else None))
+    _check_plugins(cell)
     results = _check_results_dir(args.results, create=False)
     path = cell.checkpoint_path(results)
     trained = load_checkpoint(cell, path) if path.exists() else None
@@ -296,10 +388,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
             command.append(f"--data-root {cell.config.data_root}")
         if args.results != DEFAULT_RESULTS:
             command.append(f"--results {args.results}")
+        command += [f"--plugin {p}" for p in args.plugin]
+        if path.exists():
+            raise BenchmarkError(f"checkpoint {path} cannot be loaded (truncated, corrupt, or written for another "
+                                 "configuration); accepted: a checkpoint `rrb train` wrote for this cell. Train it "
+                                 f"again: {' '.join(command)} --retrain")
         raise BenchmarkError(f"no trained model for this cell at {path}; train it first: {' '.join(command)}")
     print(f"attack {cell.entry} on {cell.bundle.name}: profile {cell.profile.id} (eps {cell.profile.epsilon:.4f}, "
           f"alpha {cell.profile.alpha:.4f}, {cell.profile.steps} steps), preset {_preset_text(cell.preset)}", file=sys.stderr)
-    out = evaluate_cell(cell, trained, progress=not args.quiet, queries=args.queries)
+    with _plugin_failures(cell):
+        out = evaluate_cell(cell, trained, progress=not args.quiet, queries=args.queries)
     rows = out.rows
     attacked = int(rows["attack_queries"].iloc[0])
     print(f"queries attacked: {attacked} of {len(cell.bundle.test)} test images")
@@ -362,14 +460,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .store import load_results, readable_results_dir
 
     results = readable_results_dir(args.results)  # reading needs no write access
-    sys.stdout.write(format_results(load_results(results, dataset=args.dataset), args.format))
+    frame = load_results(results, dataset=args.dataset)
+    if args.dataset and frame.empty:
+        present = sorted(p.name for p in (results / "cells").glob("*") if p.is_dir())
+        raise BenchmarkError(f"no results in {args.results} for dataset {args.dataset!r}; datasets with results "
+                             f"there: {', '.join(present) or 'none'}")
+    sys.stdout.write(format_results(frame, args.format))
     return 0
 
 
 def _render(results: str, out: str, dataset: str | None = None) -> list[Path]:
     from .report import render_from_store
-    from .store import readable_results_dir
+    from .store import readable_results_dir, require_untampered
 
+    require_untampered(readable_results_dir(results))
     written = render_from_store(readable_results_dir(results), Path(out), dataset=dataset)
     pages = [p for p in written if p.suffix == ".html" and p.name != "index.html"]
     print(f"rrb: wrote {len(pages)} leaderboard(s) ({len(written)} files) to {out}; open {Path(out) / 'index.html'}",
@@ -380,6 +484,39 @@ def _render(results: str, out: str, dataset: str | None = None) -> list[Path]:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     _render(args.results, args.out, args.dataset)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit status 0 when every recorded file matches, 1 when some file changed or vanished."""
+    from . import store
+
+    results = store.readable_results_dir(args.results)
+    if args.record:
+        results = store.check_results_dir(results, create=False)
+        with store.manifest_lock(results):
+            check = store._check_store(results)
+            adopt, refused = [], []
+            for name in check.unrecorded:
+                path = results / name
+                problem = store.read_cell_file(path).problem if not name.startswith(store.TELEMETRY_DIR) else None
+                (refused if problem else adopt).append((name, problem))
+            store.record_files(results, [results / n for n, _ in adopt], forget=check.missing)
+        for name, _ in adopt:
+            print(f"recorded    {name}")
+        for name in check.missing:
+            print(f"forgot      {name} (no such file)")
+        for name, problem in refused:
+            print(f"not recorded {name}: {problem}")
+    check = store.check_store(results)
+    for name in check.tampered:
+        print(f"TAMPERED    {name}: its sha256 differs from {store.MANIFEST_NAME}; `rrb run` recomputes its cell")
+    for name in check.missing:
+        print(f"MISSING     {name}: recorded in {store.MANIFEST_NAME} but not on disk")
+    for name in check.unrecorded:
+        print(f"unrecorded  {name}: no entry in {store.MANIFEST_NAME} (adopt it with `rrb verify --record`)")
+    print(f"rrb: {len(check.ok)} file(s) match {store.manifest_path(results)}, {len(check.tampered)} tampered, "
+          f"{len(check.missing)} missing, {len(check.unrecorded)} unrecorded", file=sys.stderr)
+    return 0 if check.clean else 1
 
 
 def _audit_spec():
@@ -430,7 +567,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "train": cmd_train, "attack": cmd_attack, "run": cmd_run, "results": cmd_results,
-            "leaderboard": cmd_leaderboard, "submit": cmd_submit}
+            "leaderboard": cmd_leaderboard, "submit": cmd_submit, "verify": cmd_verify}
 
 
 if __name__ == "__main__":

@@ -81,7 +81,12 @@ class CellLock:
 
     @classmethod
     def acquire(cls, results_dir: str | os.PathLike, dataset: str, cell_id: str) -> CellLock | None:
-        lock = cls(lock_path(results_dir, dataset, cell_id))
+        return cls.acquire_path(lock_path(results_dir, dataset, cell_id))
+
+    @classmethod
+    def acquire_path(cls, path: Path) -> CellLock | None:
+        """Claim the lock file ``path``; ``None`` when another live process holds it."""
+        lock = cls(Path(path))
         lock.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             if lock._create():
@@ -145,3 +150,20 @@ def _break_stale(path: Path, owner: LockOwner) -> bool:
         return True
     finally:
         breaker.unlink()
+
+
+def wait_for_lock(path: Path, *, timeout_s: float = 120.0, poll_s: float = 0.02) -> CellLock:
+    """Claim the lock file ``path``, waiting while another live process holds it (a short critical
+    section, such as the store manifest's update). A stale lock is broken as for cells."""
+    from .errors import BenchmarkError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lock = CellLock.acquire_path(path)
+        if lock is not None:
+            return lock
+        if time.monotonic() > deadline:
+            owner = read_lock(path)
+            raise BenchmarkError(f"lock {path} has been held by {owner.describe() if owner else 'another process'} "
+                                 f"for over {timeout_s:.0f} s; if no rrb process is running, delete it")
+        time.sleep(poll_s)

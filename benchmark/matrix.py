@@ -68,6 +68,7 @@ from .plugins import load_builtins, load_plugins
 from .registry import DEFENSES
 from .tasks import CellResult, PlannedCell, run_and_store_audit, run_and_store_cell
 
+MAX_SEED = 2**32 - 1  # what every seeded generator (numpy's included) accepts as it is
 LOCK_POLL_S = 2.0  # how often a process waiting for cells locked by another process looks again
 
 # The default matrix: every built-in defense of SPEC §6, baselines first, then the seed paper's
@@ -133,8 +134,8 @@ class MatrixSummary:
 def _seed_list(seeds: Iterable[int]) -> list[int]:
     out = []
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise BenchmarkError(f"seeds must be non-negative integers, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise BenchmarkError(f"seeds must be non-negative integers, 0 to {MAX_SEED}, got {seed!r}")
         if seed not in out:
             out.append(seed)
     if not out:
@@ -191,6 +192,7 @@ def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[Planned
     are kept once.
     """
     bundles: dict[tuple[str, str | None], Any] = {}
+    manifest = store.read_manifest(results_dir)
     planned: list[PlannedCell] = []
     seen: set[str] = set()
     for config in configs:
@@ -201,7 +203,7 @@ def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[Planned
             continue
         seen.add(cell.cell_id)
         path = store.cell_path(results_dir, cell.bundle.name, cell.cell_id)
-        problem = store.read_cell_file(path).problem if path.exists() else "missing"
+        problem = store.check_cell_file(results_dir, path, manifest).problem if path.exists() else "missing"
         planned.append(PlannedCell(config, cell, problem))
     return planned
 
@@ -224,12 +226,13 @@ def run_audits(planned: Sequence[PlannedCell], spec: Any, results: Path, *, exec
     if partial:
         _say(f"rrb: the audit needs the whole ERS suite; {len(partial)} cell(s) run with fewer attacks are not "
              "audited", None)
+    manifest = store.read_manifest(results)
     ordered = sorted((p for p in planned if whole_suite(p)),
                      key=lambda p: (p.dataset, p.config.seed, p.cell.defense_name != "nt"))
     todo = []
     for p in ordered:
         _, _, audit_id = plan_audit(p.config, spec, bundle=p.cell.bundle)
-        if not store.read_cell_file(store.audit_path(results, p.dataset, audit_id)).valid:
+        if not store.check_cell_file(results, store.audit_path(results, p.dataset, audit_id), manifest).valid:
             todo.append(PlannedCell(p.config, p.cell, "missing", audit_id))
     task = functools.partial(run_and_store_audit, spec=spec)
     runner: LocalExecutor | DaskExecutor | None = None
@@ -288,6 +291,12 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     load_plugins(plugin_paths)
     configs = build_matrix(datasets, defenses, seeds, preset=preset, profile=profile, data_root=data_root,
                            device=device, defense_params=defense_params, attacks=attacks)
+    # Every plugin defense and attack of the matrix is validated (one training step, a tiny attack)
+    # before any work, as rrb submit does.
+    from .validation import check_plugins_in_use
+
+    check_plugins_in_use([c.defense for c in configs], [a for c in configs for a in (c.attacks or ())],
+                         seed=configs[0].seed if configs else 0)
     # Names are checked before the results directory is created: a typo leaves no empty folder behind.
     results = store.check_results_dir(results_dir).resolve()
     planned = plan_cells(configs, results)
@@ -303,7 +312,8 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
                             executor=executor, cell_ids=[p.cell_id for p in planned])
     for p in todo:
         if p.cell_id in corrupt:
-            _say(f"rrb: corrupt cell file {store.cell_path(results, p.dataset, p.cell_id)} ({p.problem}); "
+            kind = "tampered" if p.problem.startswith(("tampered", "its telemetry")) else "corrupt"
+            _say(f"rrb: {kind} cell file {store.cell_path(results, p.dataset, p.cell_id)} ({p.problem}); "
                  f"recomputing {p.cell.entry} seed {p.config.seed} on {p.dataset}", bar)
     if bar is not None:
         bar.update(summary.skipped)
@@ -346,7 +356,7 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
             retry = []
             for cell_id, result in list(waiting.items()):
                 path = store.cell_path(results, result.dataset, cell_id)
-                if store.read_cell_file(path).valid:
+                if store.check_cell_file(results, path).valid:
                     account(replace(result, status="skipped", seconds=0.0))
                 elif _lock_released(results, result):
                     retry.append(by_id[cell_id])

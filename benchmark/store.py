@@ -18,10 +18,21 @@ overwrite, and the union can never hold a cell twice.
 Several processes (or Dask workers on several hosts) may share one results directory through
 per-cell lock files (:mod:`benchmark.locks`); ``rrb results`` formats the store with
 :mod:`benchmark.results_table`.
+
+Tamper evidence. ``MANIFEST.sha256`` at the top of the results directory holds the sha256 of every
+cell, telemetry and audit file, one ``<hex>  <relative path>`` line each (the format of
+``sha256sum``, so ``sha256sum -c MANIFEST.sha256`` checks it too), sorted. :func:`write_cell`
+records a file's hash as it writes it: under the manifest's own lock file (``.manifest.lock``),
+which it holds across writing the files and updating the manifest, so a reader that takes the lock
+never sees a new file beside an old hash; the manifest itself is replaced atomically. Loading
+checks every file against it: a file whose bytes differ ("tampered") is left out like a corrupt
+one, and ``rrb run`` recomputes its cell; a file with no entry ("unrecorded", e.g. a store written
+before manifests existed) is used and reported by ``rrb verify``, whose ``--record`` adopts it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -48,6 +59,11 @@ MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"
 AUDITS_DIR = "audits"  # attack-strength audits of cells (benchmark.audit), keyed by audit id
+
+
+MANIFEST_NAME = "MANIFEST.sha256"
+MANIFEST_LOCK = ".manifest.lock"
+STORE_FOLDERS = (CELLS_DIR, TELEMETRY_DIR, AUDITS_DIR)  # what the manifest covers (not checkpoints)
 
 
 class CorruptCellWarning(UserWarning):
@@ -177,6 +193,168 @@ def _remove_leftover_temps(path: Path) -> None:
             pass
 
 
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def manifest_path(results_dir: str | os.PathLike) -> Path:
+    return Path(results_dir) / MANIFEST_NAME
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _relative(results_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    return Path(os.path.relpath(Path(path), Path(results_dir))).as_posix()
+
+
+def read_manifest(results_dir: str | os.PathLike) -> dict[str, str]:
+    """Relative path → sha256 hex, from ``MANIFEST.sha256`` (empty when there is none)."""
+    path = manifest_path(results_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"store manifest {path} cannot be read ({exc}); restore it (e.g. from git) or "
+                             "rebuild it with `rrb verify --record`") from None
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not line.strip():
+            continue
+        if (not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name
+                or name.startswith("/") or ".." in Path(name).parts or Path(name).parts[0] not in STORE_FOLDERS):
+            raise BenchmarkError(f"store manifest {path} line {number} is not '<sha256>  <cells|telemetry|audits/"
+                                 f"...>': {line[:80]!r}; restore it (e.g. from git) or rebuild it with "
+                                 "`rrb verify --record`")
+        entries[name] = digest
+    return entries
+
+
+def _write_manifest(results_dir: str | os.PathLike, entries: dict[str, str]) -> None:
+    text = "".join(f"{entries[name]}  {name}\n" for name in sorted(entries))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(manifest_path(results_dir), write)
+
+
+class manifest_lock:
+    """Hold the manifest's lock file (short critical sections: writing files and their entries)."""
+
+    def __init__(self, results_dir: str | os.PathLike) -> None:
+        self.path = Path(results_dir) / MANIFEST_LOCK
+
+    def __enter__(self) -> manifest_lock:
+        from .locks import wait_for_lock
+
+        self.lock = wait_for_lock(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def record_files(results_dir: str | os.PathLike, paths: Iterable[str | os.PathLike] = (),
+                 forget: Iterable[str] = ()) -> None:
+    """Enter the current sha256 of ``paths`` in the manifest (and drop the relative paths ``forget``).
+    The caller holds :class:`manifest_lock`."""
+    entries = read_manifest(results_dir)
+    for path in paths:
+        entries[_relative(results_dir, path)] = sha256_file(path)
+    for name in forget:
+        entries.pop(name, None)
+    _write_manifest(results_dir, entries)
+
+
+def store_files(results_dir: str | os.PathLike) -> list[Path]:
+    """Every file the manifest covers that exists: ``cells|telemetry|audits/<dataset>/*.parquet``."""
+    root = Path(results_dir)
+    return sorted(p for folder in STORE_FOLDERS for p in (root / folder).glob("*/*.parquet")
+                  if not p.name.startswith("."))
+
+
+def hash_problem(results_dir: str | os.PathLike, path: str | os.PathLike,
+                 manifest: dict[str, str] | None = None) -> str | None:
+    """Why ``path``'s bytes cannot be trusted ("tampered: ..."), or None when they match the manifest
+    or have no entry in it (unrecorded)."""
+    manifest = read_manifest(results_dir) if manifest is None else manifest
+    expected = manifest.get(_relative(results_dir, path))
+    if expected is None:
+        return None
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        return "missing"
+    if actual != expected:
+        return (f"tampered: its sha256 {actual[:12]}... differs from the {expected[:12]}... recorded in "
+                f"{MANIFEST_NAME} when rrb wrote it")
+    return None
+
+
+@dataclass
+class StoreCheck:
+    """What ``rrb verify`` found: files whose bytes differ from the manifest, entries without a file,
+    files without an entry, and files that match."""
+
+    tampered: list[str]
+    missing: list[str]
+    unrecorded: list[str]
+    ok: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return not self.tampered and not self.missing
+
+
+def check_store(results_dir: str | os.PathLike) -> StoreCheck:
+    """Compare every store file with the manifest. When something differs, look again holding the
+    manifest's lock (where the folder is writable), so a cell another process is writing right now
+    is not taken for a tampered one."""
+    result = _check_store(results_dir)
+    if result.clean:
+        return result
+    try:
+        with manifest_lock(results_dir):
+            return _check_store(results_dir)
+    except (OSError, BenchmarkError):  # a read-only store: the first look stands
+        return result
+
+
+def _check_store(results_dir: str | os.PathLike) -> StoreCheck:
+    manifest = read_manifest(results_dir)
+    found = {_relative(results_dir, p): p for p in store_files(results_dir)}
+    tampered, ok, unrecorded = [], [], []
+    for name, path in found.items():
+        if name not in manifest:
+            unrecorded.append(name)
+        elif sha256_file(path) != manifest[name]:
+            tampered.append(name)
+        else:
+            ok.append(name)
+    missing = sorted(set(manifest) - set(found))
+    return StoreCheck(sorted(tampered), missing, sorted(unrecorded), sorted(ok))
+
+
+def require_untampered(results_dir: str | os.PathLike) -> None:
+    """Refuse (one BenchmarkError) to build boards from a store whose files changed after rrb wrote them."""
+    check = check_store(results_dir)
+    if check.clean:
+        return
+    bad = [f"{n} (changed)" for n in check.tampered] + [f"{n} (missing)" for n in check.missing]
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    raise BenchmarkError(f"results {str(results_dir)!r} do not match their manifest {MANIFEST_NAME}: {shown}; "
+                         f"boards are only rendered from an intact store: `rrb verify --results {results_dir}` "
+                         "lists every file, `rrb run` recomputes changed cells")
+
+
 def write_audit(results_dir: str | os.PathLike, rows: pd.DataFrame) -> Path:
     """Store one finished audit (rows of one cell, ``config_hash`` = the audit id) under ``audits/``."""
     return write_cell(results_dir, rows, None, audit=True)
@@ -207,18 +385,23 @@ def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd
     else:
         path = cell_path(results_dir, dataset, cell_id)
     _remove_leftover_temps(path)
-
-    if telemetry is not None:
-        telemetry = _telemetry_types(telemetry.reset_index(drop=True))
-        _atomic_write_table(pa.Table.from_pandas(telemetry, preserve_index=False),
-                            telemetry_path(results_dir, dataset, cell_id))
-
     table = pa.Table.from_pandas(rows, preserve_index=False)
     marker = {"format": STORE_FORMAT, "cell_id": cell_id, "dataset": dataset, "rows": len(rows),
               "columns": len(ALL_COLUMNS)}
     metadata = dict(table.schema.metadata or {})
     metadata[MARKER_KEY] = json.dumps(marker, sort_keys=True).encode()
-    _atomic_write_table(table.replace_schema_metadata(metadata), path)
+    table = table.replace_schema_metadata(metadata)
+    if telemetry is not None:
+        telemetry = _telemetry_types(telemetry.reset_index(drop=True))
+
+    written = []
+    with manifest_lock(results_dir):  # files and their hashes change together, for every reader
+        if telemetry is not None:
+            written.append(telemetry_path(results_dir, dataset, cell_id))
+            _atomic_write_table(pa.Table.from_pandas(telemetry, preserve_index=False), written[-1])
+        _atomic_write_table(table, path)
+        written.append(path)
+        record_files(results_dir, written)
     return path
 
 
@@ -282,29 +465,49 @@ def cell_files(results_dir: str | os.PathLike, dataset: str | None = None, *, fo
     return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
 
 
+def check_cell_file(results_dir: str | os.PathLike, path: str | os.PathLike,
+                    manifest: dict[str, str] | None = None) -> CellFile:
+    """:func:`read_cell_file` plus the manifest: a file (or, for a cell, its telemetry) whose bytes
+    differ from the hash recorded when it was written is not valid ("tampered: ...")."""
+    manifest = read_manifest(results_dir) if manifest is None else manifest
+    cell = read_cell_file(path)
+    if not cell.valid:
+        return cell
+    problem = hash_problem(results_dir, cell.path, manifest)
+    if problem is None and cell.path.parent.parent.name == CELLS_DIR:
+        telemetry = telemetry_path(results_dir, cell.path.parent.name, cell.path.stem)
+        if telemetry.exists() or _relative(results_dir, telemetry) in manifest:
+            problem = hash_problem(results_dir, telemetry, manifest)
+            problem = problem and f"its telemetry file {telemetry.name} is {problem}"
+    return CellFile(cell.path, None, problem) if problem else cell
+
+
 def _report_corrupt(cell: CellFile) -> None:
-    message = f"skipping corrupt cell file {cell.path}: {cell.problem}"
-    log.warning(message)
+    kind = "tampered" if cell.problem and "tampered" in cell.problem else "corrupt"
+    message = f"skipping {kind} cell file {cell.path}: {cell.problem}"
+    log.debug(message)  # the warning is the one report (a log line as well printed it twice)
     warnings.warn(message, CorruptCellWarning, stacklevel=3)
 
 
 def load_results(results_dir: str | os.PathLike, dataset: str | None = None) -> pd.DataFrame:
     """The union of every valid cell file (and audit file), typed per schema.COLUMN_TYPES.
 
-    Corrupt or partial files are left out with a CorruptCellWarning (and a log line); a
+    Corrupt or partial files, and files whose bytes differ from the manifest, are left out with a
+    CorruptCellWarning; a
     missing results directory is an empty store. Audit rows (``attack == "audit"``) carry the
     audited cell's ``cell_id``; an audit whose cell is not in the store is left out.
     """
     frames = []
+    manifest = read_manifest(results_dir)
     for path in cell_files(results_dir, dataset):
-        cell = read_cell_file(path)
+        cell = check_cell_file(results_dir, path, manifest)
         if cell.valid:
             frames.append(cell.rows)
         else:
             _report_corrupt(cell)
     cell_ids = {str(f["cell_id"].iloc[0]) for f in frames}
     for path in cell_files(results_dir, dataset, folder=AUDITS_DIR):
-        audit = read_cell_file(path)
+        audit = check_cell_file(results_dir, path, manifest)
         if not audit.valid:
             _report_corrupt(audit)
         elif str(audit.rows["cell_id"].iloc[0]) in cell_ids:
@@ -330,7 +533,7 @@ def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
             frames.append(pq.read_table(path).to_pandas())
         except Exception as exc:
             message = f"skipping corrupt telemetry file {path}: {type(exc).__name__}: {exc}"
-            log.warning(message)
+            log.debug(message)
             warnings.warn(message, CorruptCellWarning, stacklevel=2)
     if not frames:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in TELEMETRY_COLUMNS})

@@ -94,11 +94,30 @@ def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expe
         return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
     with lock:
         # Another process may have finished the cell between our check and our lock.
-        if store.read_cell_file(path).valid:
+        if store.check_cell_file(results_dir, path).valid:
             return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
-        output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
+        try:
+            output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
+        except (BenchmarkError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            plugins_used = plugin_names(cell)
+            if not plugins_used:
+                raise
+            # Third-party code failing mid-run: one line naming it, not a traceback.
+            raise BenchmarkError(f"{plugins_used} failed while cell {cell.entry} seed {config.seed} on {dataset} "
+                                 f"ran: {type(exc).__name__}: {exc}; cells finished before it are kept") from exc
         store.write_cell(results_dir, output.rows, output.telemetry)
     return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+
+
+def plugin_names(cell: ResolvedCell) -> str:
+    """``plugin defense 'x'`` / ``plugin attack 'y'``: the third-party code a cell runs ('' for none)."""
+    from .registry import ATTACKS
+
+    names = [f"plugin defense {cell.defense_name!r}"] if cell.plugin_source else []
+    names += [f"plugin attack {a!r}" for a in cell.attack_names if ATTACKS.get(a).is_plugin]
+    return " or ".join(names)
 
 
 def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, spec: Any,
@@ -131,7 +150,7 @@ def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, s
             owner = locks.read_lock(store.lock_path(results_dir, dataset, audit_id))
             return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
         with lock:
-            if store.read_cell_file(path).valid:
+            if store.check_cell_file(results_dir, path).valid:
                 return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
             store.write_audit(results_dir, audit_cell(config, results_dir, spec, progress=progress, bundle=cell.bundle))
         return CellResult(**base, status="computed", seconds=time.perf_counter() - start)

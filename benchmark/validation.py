@@ -9,6 +9,11 @@
 4. one training step on a tiny batch returns a finite scalar loss whose gradient reaches the model,
    and, if the defense perturbs, the perturbed images stay inside ε and [0, 1].
 A failed file's registrations are rolled back; nothing is written anywhere.
+
+The same checks (3 and 4) run wherever a plugin is *used*, not only in ``rrb submit``:
+:func:`check_plugins_in_use` runs them for every plugin defense and plugin attack a ``rrb train``,
+``rrb attack`` or ``rrb run`` is about to use, before any work; a plugin attack is built with its
+defaults and run on four digits queries (two PGD steps), and every value it reports must be finite.
 """
 
 from __future__ import annotations
@@ -84,6 +89,89 @@ def validate_defense(file_or_name: str, *, seed: int = 0) -> ValidatedPlugin:
         restore_registries(snapshot)
         raise BenchmarkError(f"plugin {file_or_name!r} failed validation: {type(exc).__name__}: {exc}") from None
     return ValidatedPlugin(entry, path, *result)
+
+
+def check_plugins_in_use(defenses: list[str] | tuple[str, ...] = (), attacks: list[str] | tuple[str, ...] = (), *,
+                         seed: int = 0) -> None:
+    """Validate every plugin among ``defenses`` and ``attacks`` (names as given; built-ins are skipped).
+
+    One BenchmarkError for the first problem, naming the plugin and what is accepted. Each plugin
+    is checked once per process (by name and file hash)."""
+    from .registry import ATTACKS
+
+    for name in dict.fromkeys(defenses):
+        entry = DEFENSES.get(name)
+        if entry.is_plugin and ("defense", entry.name, entry.source_hash) not in _CHECKED:
+            _guarded(entry.name, "defense", lambda e=entry: _check(e, seed))
+            _CHECKED.add(("defense", entry.name, entry.source_hash))
+    for name in dict.fromkeys(attacks):
+        entry = ATTACKS.get(name)
+        if entry.is_plugin and ("attack", entry.name, entry.source_hash) not in _CHECKED:
+            _guarded(entry.name, "attack", lambda e=entry: check_attack(e, seed))
+            _CHECKED.add(("attack", entry.name, entry.source_hash))
+
+
+_CHECKED: set[tuple[str, str, str | None]] = set()
+
+
+def _guarded(name: str, kind: str, check) -> None:
+    try:
+        check()
+    except BenchmarkError:
+        raise
+    except Exception as exc:  # a plugin can break in ways the checks do not foresee
+        raise BenchmarkError(f"plugin {kind} {name!r} failed validation: {type(exc).__name__}: {exc}") from None
+
+
+def check_attack(entry: Entry, seed: int = 0) -> None:
+    """A plugin attack: an :class:`attacks.base.Attack` subclass that builds with its defaults,
+    declares its metric keys, and reports a finite value for each on four digits queries."""
+    from attacks.base import Attack, Gallery
+    from attacks.runner import run_attacks
+
+    from .datasets import load_digits
+    from .evaluation import embed_split
+    from .models import C2F2
+    from .pgd import PGDConfig
+    from .presets import PROFILES
+
+    name, cls = entry.name, entry.obj
+    if not (inspect.isclass(cls) and issubclass(cls, Attack)):
+        raise BenchmarkError(f"plugin attack {name!r} must be a class deriving from attacks.base.Attack, "
+                             f"got {type(cls).__name__}")
+    try:
+        attack = cls()
+    except Exception as exc:
+        raise BenchmarkError(f"plugin attack {name!r} cannot be built with its defaults: "
+                             f"{type(exc).__name__}: {exc}") from None
+    metrics = getattr(attack, "metrics", ())
+    if (not isinstance(metrics, tuple) or not metrics
+            or not all(isinstance(m, str) and m.strip() for m in metrics)):
+        raise BenchmarkError(f"plugin attack {name!r}: metrics must be a non-empty tuple of metric names "
+                             f"(str), got {metrics!r}")
+    if attack.perturbs not in ("query", "candidate"):
+        raise BenchmarkError(f"plugin attack {name!r}: perturbs must be 'query' or 'candidate', "
+                             f"got {attack.perturbs!r}")
+    torch.manual_seed(seed)
+    bundle = load_digits()
+    model = C2F2(embedding_dim=32).eval()
+    test = bundle.test.subset(torch.arange(64))
+    gallery = Gallery(embed_split(model, test, device=torch.device("cpu")), test.labels)
+    profile = PROFILES["rob28"]
+    try:
+        report = run_attacks(model, lambda idx: test.batch(idx), gallery, [attack],
+                             PGDConfig(profile.epsilon, profile.alpha, 2), query_index=torch.arange(4),
+                             batch_size=4, seed=seed, device=torch.device("cpu"), progress=False)
+    except BenchmarkError as exc:
+        raise BenchmarkError(f"plugin attack {name!r} failed on a tiny batch: {exc}") from None
+    except Exception as exc:
+        raise BenchmarkError(f"plugin attack {name!r} raised on a tiny batch (4 digits queries): "
+                             f"{type(exc).__name__}: {exc}") from None
+    for key in metrics:
+        value = report.after.get(key), report.before.get(key)
+        if any(v is None or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf") for v in value):
+            raise BenchmarkError(f"plugin attack {name!r}: metric {key!r} must be a finite number before and "
+                                 f"after the attack, got {value[1]!r} / {value[0]!r}")
 
 
 def _check(entry: Entry, seed: int) -> tuple[float, int, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,39 @@ def _decode_omniglot_png(data: bytes | Path) -> np.ndarray:
     return 255 - np.asarray(small, dtype=np.uint8)  # black strokes on white → bright strokes on dark
 
 
+# What a damaged archive or image raises: a CRC mismatch or bad header (BadZipFile), a corrupt deflate
+# stream (zlib.error), a truncated member (EOFError), an undecodable image (PIL's OSError subclasses,
+# ValueError, SyntaxError from its header parsers), a compression method zipfile lacks, an encrypted
+# member (RuntimeError).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, SyntaxError, NotImplementedError,
+            RuntimeError)
+
+
+def _where(item: _OmniglotImage) -> str:
+    return str(item.source / item.member) if item.source.is_dir() else f"{item.member!r} in archive {item.source}"
+
+
+def _damaged(item: _OmniglotImage, what: str, exc: BaseException) -> BenchmarkError:
+    cause = "not a recognised image file" if "BytesIO" in str(exc) else f"{type(exc).__name__}: {exc}"
+    return BenchmarkError(f"dataset 'omniglot': {what} {_where(item)} ({cause}); "
+                          f"expected intact PNG images: replace the damaged file (re-download the archive)")
+
+
+def _decode_one(item: _OmniglotImage, data: bytes | Path) -> np.ndarray:
+    try:
+        return _decode_omniglot_png(data)
+    except FileNotFoundError as exc:
+        raise _damaged(item, "missing image", exc) from None
+    except _DAMAGED as exc:
+        raise _damaged(item, "cannot decode image", exc) from None
+
+
 def _decode_omniglot_images(items: list[_OmniglotImage]) -> torch.Tensor:
-    """N×1×28×28 uint8, strokes bright on dark. Zip members are read without extracting."""
+    """N×1×28×28 uint8, strokes bright on dark. Zip members are read without extracting.
+
+    A damaged archive member (CRC mismatch, corrupt stream) or an undecodable image is one
+    BenchmarkError naming it; nothing is cached then.
+    """
     blobs: list[bytes | Path] = []
     archives: dict[Path, zipfile.ZipFile] = {}
     try:
@@ -92,15 +124,18 @@ def _decode_omniglot_images(items: list[_OmniglotImage]) -> torch.Tensor:
             if item.source.is_dir():
                 blobs.append(item.source / item.member)
             else:
-                if item.source not in archives:
-                    archives[item.source] = zipfile.ZipFile(item.source)
-                blobs.append(archives[item.source].read(item.member))
+                try:
+                    if item.source not in archives:
+                        archives[item.source] = zipfile.ZipFile(item.source)
+                    blobs.append(archives[item.source].read(item.member))
+                except _DAMAGED as exc:
+                    raise _damaged(item, "cannot read member", exc) from None
     finally:
         for archive in archives.values():
             archive.close()
     out = np.empty((len(items), 1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), dtype=np.uint8)
     with ThreadPoolExecutor(_thread_count()) as pool:
-        decoded = pool.map(_decode_omniglot_png, blobs, chunksize=64)
+        decoded = pool.map(_decode_one, items, blobs, chunksize=64)
         for i, image in enumerate(_progress(decoded, len(blobs), "decoding omniglot")):
             out[i, 0] = image
     return torch.from_numpy(out)

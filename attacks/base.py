@@ -26,6 +26,7 @@ from typing import ClassVar
 import torch
 
 from benchmark.errors import BenchmarkError
+from benchmark.shrinkage import embedding_spread
 
 # Rows of the gallery distance matrix computed at once when filling a cache (bounds memory).
 CHUNK_ROWS = 1024
@@ -72,6 +73,8 @@ class Gallery:
     _sq_norms: torch.Tensor | None = field(default=None, init=False, repr=False)
     _nearest: torch.Tensor | None = field(default=None, init=False, repr=False)
     _nearest_known: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _centre: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _spread: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.embeddings.dim() != 2:
@@ -95,6 +98,21 @@ class Gallery:
         if self._sq_norms is None:
             self._sq_norms = self.embeddings.double().pow(2).sum(dim=1)
         return self._sq_norms
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """The mean clean gallery embedding (float64): the origin of the scale-free cosine."""
+        if self._centre is None:
+            self._centre = self.embeddings.double().mean(dim=0)
+        return self._centre
+
+    @property
+    def spread(self) -> float:
+        """The clean gallery's mean pairwise distance (``benchmark.shrinkage.embedding_spread``):
+        the unit of the scale-free embedding shift. Computed once, in float64."""
+        if self._spread is None:
+            self._spread = embedding_spread(self.embeddings)["mean_distance"]
+        return self._spread
 
     def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[B, N] distances from ``embeddings`` to every gallery item (differentiable)."""

@@ -7,6 +7,7 @@ import torch
 
 from benchmark.losses import row_distance
 from benchmark.registry import ATTACKS
+from benchmark.shrinkage import ISOTROPIC_MEAN_DISTANCE
 
 from .base import Attack, MetricSpec, recall_at_1
 
@@ -27,16 +28,28 @@ class EmbeddingShiftAttack(Attack):
     ES:D is measured on the FINAL adversarial embedding (RobRank reads the embedding of the
     iterate before the last update; the difference is negligible but makes ES:D consistent with
     ES:R), and both are averaged over queries. Before the attack ES:D = 0 and ES:R = clean R@1.
+
+    Also reported, ``ES:D-rel``: the shift in units of the clean gallery's spread, √2·ES:D / s with
+    s the gallery's mean pairwise distance (``Gallery.spread``). An absolute shift rewards a model
+    for shrinking its embeddings (a cap a thousandth wide leaves the attack a thousandth to move,
+    however far it moves the query among the other items); the relative one does not change when
+    the embeddings are rescaled, and the factor √2 (the mean pairwise distance of unit vectors
+    spread isotropically) makes it equal ES:D for such a gallery. The ranked ERS uses it.
     """
 
     perturbs = "query"
-    metrics = ("ES:D", "ES:R")
-    metric_specs = {"ES:D": MetricSpec("ES:D", False, "embedding shift: mean L2 shift of the query embedding", 3),
-                    "ES:R": MetricSpec("ES:R", True, "embedding shift: R@1 after the attack, %")}
+    metrics = ("ES:D", "ES:R", "ES:D-rel")
+    metric_specs = {"ES:D": MetricSpec("ES:D", False, "embedding shift: mean L2 shift of the query embedding "
+                                       "(RobRank's definition, absolute)", 3),
+                    "ES:R": MetricSpec("ES:R", True, "embedding shift: R@1 after the attack, %"),
+                    "ES:D-rel": MetricSpec("ES:D rel", False, "embedding shift relative to the clean gallery's "
+                                           "spread: √2 · shift / mean pairwise distance (scale-free)", 3)}
+    version = 3
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
         return -row_distance(emb, gallery.embeddings[index]).sum()
 
     def measure(self, emb, index, selection, gallery) -> dict[str, torch.Tensor]:
-        shift = (emb - gallery.embeddings[index]).norm(dim=1)
-        return {"ES:D": shift, "ES:R": recall_at_1(emb, index, gallery)}
+        shift = (emb.double() - gallery.embeddings[index].double()).norm(dim=1)
+        relative = shift * (ISOTROPIC_MEAN_DISTANCE / max(gallery.spread, 1e-300))
+        return {"ES:D": shift, "ES:R": recall_at_1(emb, index, gallery), "ES:D-rel": relative}

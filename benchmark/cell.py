@@ -181,11 +181,17 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
 
 
 def benign_metrics(cell: ResolvedCell, model: torch.nn.Module, test_embeddings: torch.Tensor) -> dict[str, float]:
-    """R@1, R@2, mAP, mAP@R, mAP@10, NMI on the test split and R@1 on the train split."""
+    """R@1, R@2, mAP, mAP@R, mAP@10, NMI on the test split and R@1 on the train split; R@1 through
+    faiss indexes; the clean test gallery's spread (``schema.BENIGN_METRICS``)."""
+    from .deployment import index_recalls
     from .metrics import retrieval_metrics
+    from .shrinkage import embedding_spread
 
-    metrics = retrieval_metrics(test_embeddings, cell.bundle.test.labels.to(test_embeddings.device),
+    test_labels = cell.bundle.test.labels.to(test_embeddings.device)
+    metrics = retrieval_metrics(test_embeddings, test_labels,
                                 nmi_clusters=cell.bundle.num_test_classes, seed=cell.config.seed)
+    metrics.update(index_recalls(test_embeddings, test_labels))
+    metrics.update({f"spread:{k}": v for k, v in embedding_spread(test_embeddings, seed=cell.config.seed).items()})
     train = cell.bundle.train
     if len(train) > 10000:  # R@1 on a seeded 10k subset keeps WHM cheap on SOP-sized splits
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cell.config.seed))[:10000]
@@ -218,8 +224,19 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
     from attacks.runner import run_attacks, select_queries
 
     from .registry import ATTACKS
-    from .schema import ALL_COLUMNS, COLUMN_TYPES
-    from .scores import ARS_KEYS, ERS_KEYS, ars, ars_mean, ers, whm
+    from .schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES
+    from .scores import (
+        ARS_KEYS,
+        ERS_KEYS,
+        RANKED_SCORE,
+        ROBRANK_ERS_KEYS,
+        ROBRANK_SCORE,
+        ars,
+        ars_mean,
+        ers,
+        ers_robrank,
+        whm,
+    )
 
     eval_start = time.perf_counter()
     model = trained.model.to(cell.device).eval()
@@ -265,7 +282,7 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
         rows.append({**base, **described, "attack": attack, "metric": metric, "variant": variant,
                      "value": float(value), **extra})
 
-    for key in ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1"):
+    for key in BENIGN_METRICS:
         add("benign", key, benign[key])
     after, before = {}, {}
     for attack in attack_objs:
@@ -286,7 +303,9 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
             if not plugin:
                 after[key], before[key] = report.after[key], report.before[key]
     if all(k in after for k in ERS_KEYS):
-        add("score", "ERS", ers(after))
+        add("score", RANKED_SCORE, ers(after))
+    if all(k in after for k in ROBRANK_ERS_KEYS):
+        add("score", ROBRANK_SCORE, ers_robrank(after))
     if all(k in after for k in ARS_KEYS):
         for key, value in ars(before, after).items():
             add("score", f"ARS:{key}", value)

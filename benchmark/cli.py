@@ -403,13 +403,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(f"queries attacked: {attacked} of {len(cell.bundle.test)} test images")
     adversarial = rows[rows["variant"] == "adversarial"]
     clean = rows[rows["variant"] == "clean"].set_index("metric")["value"]
-    print(f"{'attack':<8}{'metric':<8}{'clean':>10}{'attacked':>10}{'seconds':>10}")
+    print(f"{'attack':<8}{'metric':<13}{'clean':>10}{'attacked':>10}{'seconds':>10}")
     for _, row in adversarial.iterrows():
-        print(f"{row['attack']:<8}{row['metric']:<8}{clean[row['metric']]:>10.3f}{row['value']:>10.3f}"
+        print(f"{row['attack']:<8}{row['metric']:<13}{clean[row['metric']]:>10.3f}{row['value']:>10.3f}"
               f"{row['attack_seconds']:>10.1f}")
     scores = rows[rows["attack"] == "score"].set_index("metric")["value"]
     benign = rows[rows["attack"] == "benign"].set_index("metric")["value"]
-    print(f"R@1={benign['R@1']:.4f}  " + "  ".join(f"{k}={scores[k]:.1f}" for k in ("ERS", "ARS") if k in scores))
+    print(f"R@1={benign['R@1']:.4f}  R@1(float32 faiss index)={benign['R@1:faiss-f32']:.4f}  "
+          f"spread={benign['spread:mean_distance']:.4g}  "
+          + "  ".join(f"{k}={scores[k]:.1f}" for k in ("ERS", "ERS:RobRank", "ARS") if k in scores))
     if "ERS" not in scores:
         print(f"(ERS needs all of {', '.join(ERS_KEYS)}; ARS needs {', '.join(ARS_KEYS)})")
     return 0
@@ -432,19 +434,59 @@ def _summary_line(summary) -> str:
     return "rrb: " + summary.describe()
 
 
+def _split_for_plugins(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
+    """With ``--plugin``: the defenses this process runs (built-in or installed, no plugin file
+    loaded) and those a child process runs with the plugin files. A plugin attack puts every
+    defense in the child, since each cell then runs it."""
+    from .plugins import load_builtins
+    from .registry import ATTACKS, DEFENSES
+
+    load_builtins()
+    if any(a not in ATTACKS for a in args.attacks or ()):
+        return [], list(args.defenses) if args.defenses else list(_builtin_defenses())
+    if not args.defenses:
+        return None, []  # the default matrix: the built-ins only
+    here = [d for d in args.defenses if d in DEFENSES]
+    return (here or []), [d for d in args.defenses if d not in DEFENSES]
+
+
+def _builtin_defenses() -> list[str]:
+    from .matrix import builtin_defense_names
+
+    return builtin_defense_names()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
     from .results_table import format_results
-    from .store import load_results
+    from .store import check_results_dir, load_results
 
-    summary = run_matrix(args.datasets, args.defenses, args.seeds, preset=args.preset, profile=args.profile,
-                         results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
-                         workers=args.workers, data_root=args.data_root, device=args.device,
-                         defense_params=_matrix_defense_params(args.defense_param), plugins=args.plugin,
-                         progress=not args.quiet, attacks=args.attacks, threads=args.threads,
-                         audit=_audit_spec() if args.audit else None)
-    print(_summary_line(summary), file=sys.stderr)
-    ids = {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    audit = _audit_spec() if args.audit else None
+    lines, ids = [], set()
+    here, apart = (args.defenses, []) if not args.plugin else _split_for_plugins(args)
+    if apart:
+        from .isolation import plugin_file_hashes, run_apart
+
+        hashes = plugin_file_hashes(args.plugin)
+        if Path(args.results).exists():
+            check_results_dir(args.results)
+        request = {"command": "run", "results": args.results,
+                   "matrix": _matrix_request(args, apart, args.plugin, audit=audit)}
+        outcome = run_apart(request, args.results, hashes)
+        lines.append(f"rrb: plugin cells (run apart, {len(outcome.stored)} stored after checking their rows): "
+                     + outcome.summary)
+        ids |= set(outcome.cell_ids)
+    if here is None or here:
+        summary = run_matrix(args.datasets, here, args.seeds, preset=args.preset, profile=args.profile,
+                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
+                             workers=args.workers, data_root=args.data_root, device=args.device,
+                             defense_params=_matrix_defense_params(args.defense_param),
+                             plugins=[] if args.plugin else args.plugin,
+                             progress=not args.quiet, attacks=args.attacks, threads=args.threads, audit=audit)
+        lines.insert(0, _summary_line(summary))
+        ids |= {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    for line in lines:
+        print(line, file=sys.stderr)
     frame = load_results(args.results)
     frame = frame[frame["cell_id"].isin(ids)]
     sys.stdout.write(format_results(frame, "table"))
@@ -525,44 +567,97 @@ def _audit_spec():
     return AuditSpec()
 
 
+def _validation_line(checked) -> str:
+    entry = checked.entry
+    origin = f"file {checked.path}" if checked.path is not None else f"installed package ({entry.source})"
+    return (f"rrb: plugin defense {entry.name!r} from {origin} passed validation (one step: loss {checked.loss:.4f}, "
+            f"{checked.pgd_steps} PGD steps per batch, {'perturbs' if checked.perturbs else 'no perturbation'}"
+            f"{', sha256 ' + entry.source_hash[:12] if entry.source_hash else ''})")
+
+
+def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, plugins: list[str], *, audit) -> dict:
+    """The run_matrix arguments a child process (benchmark.isolation) runs."""
+    from .isolation import audit_spec_dict
+
+    return {"datasets": args.datasets, "defenses": defenses, "seeds": args.seeds, "preset": args.preset,
+            "profile": args.profile, "executor": args.executor, "scheduler": args.scheduler,
+            "workers": args.workers, "data_root": args.data_root, "device": args.device,
+            "defense_params": _matrix_defense_params(getattr(args, "defense_param", [])),
+            "plugins": [str(Path(p).expanduser().resolve()) for p in plugins], "progress": not args.quiet,
+            "attacks": getattr(args, "attacks", None), "threads": getattr(args, "threads", None),
+            "audit": audit_spec_dict(audit)}
+
+
+def _board_has_builtins(results: str, datasets: list[str], preset: str) -> list[str]:
+    """The datasets of ``datasets`` whose board at ``preset`` would hold no built-in entry."""
+    from .store import load_results
+
+    frame = load_results(results)
+    lonely = []
+    for dataset in datasets:
+        rows = frame[(frame["dataset"] == dataset) & (frame["preset"] == preset)]
+        if not (~rows["is_plugin"]).any():
+            lonely.append(dataset)
+    return lonely
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate a plugin defense, run the standard matrix for it and re-render the leaderboards.
 
-    Validation comes first and touches nothing on disk: a broken plugin ends here with one line
-    (exit status 2), its registrations rolled back and the results directory untouched.
+    A plugin file is imported, validated and run in a child process on a scratch copy of the store
+    (benchmark.isolation); this process validates the rows it returns and stores them. A broken
+    plugin ends with one line (exit status 2) and the results directory as it was.
     """
-    from .matrix import run_matrix
+    from .isolation import plugin_file_hashes, run_apart
     from .results_table import format_results
     from .store import check_results_dir, load_results
-    from .validation import validate_defense
 
-    _load_plugins(args.plugin)
-    checked = validate_defense(args.plugin_file_or_name, seed=args.seeds[0])
-    entry = checked.entry
-    origin = f"file {checked.path}" if checked.path is not None else f"installed package ({entry.source})"
-    print(f"rrb: plugin defense {entry.name!r} from {origin} passed validation (one step: loss {checked.loss:.4f}, "
-          f"{checked.pgd_steps} PGD steps per batch, {'perturbs' if checked.perturbs else 'no perturbation'}"
-          f"{', sha256 ' + entry.source_hash[:12] if entry.source_hash else ''})", file=sys.stderr)
-    check_results_dir(args.results)
-    plugins = list(args.plugin) + ([str(checked.path)] if checked.path is not None else [])
-    try:
-        summary = run_matrix(args.datasets, [entry.name], args.seeds, preset=args.preset, profile=args.profile,
-                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
-                             workers=args.workers, data_root=args.data_root, device=args.device,
-                             plugins=plugins, progress=not args.quiet,
-                             audit=None if args.no_audit else _audit_spec())
-    except (BenchmarkError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # third-party code failing mid-training: one line, not a traceback
-        raise BenchmarkError(f"plugin defense {entry.name!r} failed while its matrix ran: "
-                             f"{type(exc).__name__}: {exc}; cells finished before it are kept") from exc
-    print(_summary_line(summary), file=sys.stderr)
-    ids = {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    target = Path(args.plugin_file_or_name)
+    audit = None if args.no_audit else _audit_spec()
+    if target.suffix == ".py" or target.is_file():
+        hashes = plugin_file_hashes([*args.plugin, str(target)])
+        if Path(args.results).exists():
+            check_results_dir(args.results)
+        request = {"command": "submit", "plugin": str(target.expanduser().resolve()), "results": args.results,
+                   "extra_plugins": [str(Path(p).expanduser().resolve()) for p in args.plugin],
+                   "matrix": _matrix_request(args, None, args.plugin, audit=audit)}
+        outcome = run_apart(request, args.results, hashes)
+        name, summary_line, ids = outcome.entry, "rrb: " + outcome.summary, set(outcome.cell_ids)
+        print(f"rrb: stored {len(outcome.stored)} cell(s) and {len(outcome.audits)} audit(s) the plugin run "
+              f"returned, after checking their rows", file=sys.stderr)
+    else:  # an installed plugin: imported by every rrb process, like any installed package
+        from .matrix import run_matrix
+        from .validation import validate_defense
+
+        _load_plugins(args.plugin)
+        checked = validate_defense(args.plugin_file_or_name, seed=args.seeds[0])
+        name = checked.entry.name
+        print(_validation_line(checked), file=sys.stderr)
+        check_results_dir(args.results)
+        try:
+            summary = run_matrix(args.datasets, [name], args.seeds, preset=args.preset, profile=args.profile,
+                                 results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
+                                 workers=args.workers, data_root=args.data_root, device=args.device,
+                                 plugins=list(args.plugin), progress=not args.quiet, audit=audit)
+        except (BenchmarkError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # third-party code failing mid-training: one line, not a traceback
+            raise BenchmarkError(f"plugin defense {name!r} failed while its matrix ran: "
+                                 f"{type(exc).__name__}: {exc}; cells finished before it are kept") from exc
+        summary_line, ids = _summary_line(summary), {c.cell_id for c in summary.cells} | set(summary.cell_ids)
+    print(summary_line, file=sys.stderr)
     frame = load_results(args.results)
     sys.stdout.write(format_results(frame[frame["cell_id"].isin(ids)], "table"))
     _render(args.results, args.out)
-    print(f"rrb: {entry.name} is on the leaderboards in {args.out} (marked as a plugin); its rows are in "
+    print(f"rrb: {name} is on the leaderboards in {args.out} (marked as a plugin); its rows are in "
           f"{Path(args.results) / 'cells'} (see: rrb results --results {args.results})", file=sys.stderr)
+    lonely = _board_has_builtins(args.results, args.datasets, args.preset)
+    if lonely:
+        print(f"rrb: note: {args.results} holds no built-in cells for {', '.join(lonely)} at preset {args.preset}, "
+              f"so that board ranks {name} alone; to rank it beside the built-ins run `rrb run --datasets "
+              f"{','.join(lonely)} --preset {args.preset} --seeds {','.join(map(str, args.seeds))} --results "
+              f"{args.results} --leaderboard {args.out}` (they are computed once), or submit into the reference "
+              "store (the default --results results, preset quick)", file=sys.stderr)
     return 0
 
 

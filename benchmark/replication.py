@@ -4,8 +4,9 @@ Nothing here is written by hand except the claims and the paper's own numbers (C
 Tables 1–3 of ``../shared/docs/papers/colo-tride-paper.txt``). Every verdict is computed from the
 entries' stored values (mean ± sample std over seeds):
 
-(a) naive TRIDE collapses and COLO-TRIDE does not (collapsed seeds, minimum separability, how often
-    COLO acted);
+(a) naive TRIDE collapses and COLO-TRIDE does not, with the paper's two collapse signatures kept
+    apart (shrunk: spread relative to natural training; entangled: late separability), and how
+    often COLO acted;
 (b) the ERS order COLO-TRIDE > HM > ACT, pair by pair: *holds*, *reversed* or *within noise*
     (the gap is within twice its standard error, Welch, from the seeds' sample std);
 (c) the training-cost ratio COLO-TRIDE : HM (the paper: about 470 : 550 min on CUB);
@@ -23,6 +24,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from .shrinkage import SHRUNK_FRACTION
+from .telemetry import ENTANGLED_SEPARABILITY
 
 HOLDS, REVERSED, NOISE, NOT_RUN = "holds", "reversed", "within noise", "not run"
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced here"
@@ -130,52 +134,99 @@ def _min_over_seeds(summary: Summary | None, key: str) -> float:
     return summary.mean.get(key, math.nan)
 
 
+def _flags(summary: Summary | None, key: str) -> tuple[int, int]:
+    """(seeds flagged, seeds where the verdict is known) of a per-cell 1/0 verdict (``shrunk``, ``entangled``)."""
+    if summary is None:
+        return 0, 0
+    known = [v for v in getattr(summary, "values", {}).get(key, []) if math.isfinite(v)]
+    return int(sum(v > 0 for v in known)), len(known)
+
+
+def _flag_text(summary: Summary | None, key: str) -> str:
+    flagged, known = _flags(summary, key)
+    return f"{flagged}/{known}" if known else "?"
+
+
+def _collapses(summary: Summary | None) -> tuple[bool, bool]:
+    """(shrunk in some seed, entangled in some seed): the seed paper's two collapse signatures."""
+    return _flags(summary, "shrunk")[0] > 0, _flags(summary, "entangled")[0] > 0
+
+
+def _signatures(shrunk: bool, entangled: bool) -> str:
+    named = [name for name, on in (("shrunk", shrunk), ("entangled", entangled)) if on]
+    return " and ".join(named) if named else "no collapse"
+
+
+COLLAPSE_ENTRIES = ("naive-tride", "colo-tride", "colo-tride-rel")
+
+
 def collapse_claim(by_entry: Mapping[str, Summary]) -> Claim:
+    """(a), with the paper's two collapse signatures kept apart: *shrunk* (the embeddings squeezed
+    into a cap: clean gallery spread far below natural training's) and *entangled* (late-training
+    separability about 0). The scale-free COLO ablation is shown when the board has it."""
     naive, colo = by_entry.get("naive-tride"), by_entry.get("colo-tride")
     rows = []
-    for name in ("naive-tride", "colo-tride"):
+    for name in COLLAPSE_ENTRIES:
         s = by_entry.get(name)
         if s is None:
-            rows.append([name, "not run", "—", "—", "—", "—"])
+            if name != "colo-tride-rel":
+                rows.append([name, "not run", "—", "—", "—", "—", "—", "—"])
             continue
-        rows.append([name, f"{s.collapsed}/{s.n}", f"{_min_over_seeds(s, 'training:min_separability'):.3f}",
+        spread = s.mean.get("spread_vs_nt", math.nan)
+        rows.append([name, _flag_text(s, "shrunk"), "—" if not math.isfinite(spread) else f"{100 * spread:.2f} %",
+                     _flag_text(s, "entangled"), f"{_min_over_seeds(s, 'training:entangled_separability'):.3f}",
                      _share(s.mean.get("training:colo_acted_share", math.nan)),
                      _share(s.mean.get("training:would_flip_share", math.nan)),
                      f"{s.mean.get('training:clean_collapseness_max', math.nan):.3f}"])
     if naive is None or colo is None:
         verdict, detail = NOT_RUN, "naive-tride and colo-tride are both needed on this board."
     else:
-        naive_collapses, colo_collapses = naive.collapsed > 0, colo.collapsed > 0
+        naive_shrunk, naive_entangled = _collapses(naive)
+        colo_shrunk, colo_entangled = _collapses(colo)
+        naive_collapses, colo_collapses = naive_shrunk or naive_entangled, colo_shrunk or colo_entangled
         acted = colo.mean.get("training:colo_acted_share", math.nan)
-        if naive_collapses and not colo_collapses:
-            verdict = REPRODUCED
-            detail = (f"naive TRIDE collapsed in {naive.collapsed} of {naive.n} seeds, COLO-TRIDE in none; "
-                      f"COLO acted on {_share(acted)} of COLO-TRIDE's training steps.")
-        else:
-            verdict = NOT_REPRODUCED
-            parts = [f"naive TRIDE collapsed in {naive.collapsed} of {naive.n} seeds",
-                     f"COLO-TRIDE in {colo.collapsed} of {colo.n}"]
-            if math.isfinite(acted) and acted == 0:
-                parts.append("COLO never acted: the clean collapseness never rose above 0 outside a warm-up, "
-                             "so COLO-TRIDE trained exactly like naive TRIDE")
-            elif math.isfinite(acted):
-                parts.append(f"COLO acted on {_share(acted)} of the training steps")
-            detail = "; ".join(parts) + "."
+        verdict = REPRODUCED if naive_collapses and not colo_collapses else NOT_REPRODUCED
+        parts = [f"naive TRIDE: shrunk in {_flag_text(naive, 'shrunk')} seeds, entangled in "
+                 f"{_flag_text(naive, 'entangled')}",
+                 f"COLO-TRIDE: shrunk in {_flag_text(colo, 'shrunk')}, entangled in {_flag_text(colo, 'entangled')}"]
+        if naive_collapses and colo_collapses:
+            parts.append(f"both collapse ({_signatures(naive_shrunk, naive_entangled)} / "
+                         f"{_signatures(colo_shrunk, colo_entangled)}): COLO does not prevent it here")
+        elif not naive_collapses:
+            parts.append("naive TRIDE shows neither signature here")
+        if math.isfinite(acted) and acted == 0:
+            parts.append("COLO never acted: the clean collapseness never rose above 0 outside a warm-up, "
+                         "so COLO-TRIDE trained exactly like naive TRIDE")
+        elif math.isfinite(acted):
+            parts.append(f"COLO acted on {_share(acted)} of the training steps")
+        relative = by_entry.get("colo-tride-rel")
+        if relative is not None:
+            rel_shrunk, rel_entangled = _collapses(relative)
+            rel_acted = relative.mean.get("training:colo_acted_share", math.nan)
+            parts.append(f"the scale-free collapseness ablation (colo-tride-rel) acted on {_share(rel_acted)} of its "
+                         f"steps and ended {_signatures(rel_shrunk, rel_entangled)}")
+        detail = "; ".join(parts) + "."
     return Claim("a", "Naive TRIDE collapses, COLO-TRIDE does not", verdict, detail,
-                 ["entry", "collapsed seeds", "min separability", "COLO acted", "clean C > 0", "max clean C"], rows)
+                 ["entry", "shrunk seeds", "spread vs NT", "entangled seeds", "min late separability",
+                  "COLO acted", "clean C > 0", "max clean C"], rows)
 
 
 def order_claim(by_entry: Mapping[str, Summary], pairs: Sequence[tuple[str, str]], key: str, title: str,
-                claim_key: str) -> Claim:
+                claim_key: str, protocol_key: str | None = None) -> Claim:
+    """Pairwise order by ``key`` (the board's ranking key), and, in its own column, what
+    ``protocol_key`` (RobRank's ERS) alone would have concluded."""
     rows, verdicts = [], []
     for first, second in pairs:
-        a, b = _stat(by_entry.get(first), "ERS"), _stat(by_entry.get(second), "ERS")
+        a, b = _stat(by_entry.get(first), key), _stat(by_entry.get(second), key)
         verdict = compare(a, b)
         verdicts.append(verdict)
         paper_a, paper_b = PAPER_ROWS.get(first, {}).get("ERS"), PAPER_ROWS.get(second, {}).get("ERS")
         paper = f"{paper_a} > {paper_b}" if paper_a is not None and paper_b is not None else "—"
         gap = "—" if a.n == 0 or b.n == 0 else f"{a.mean - b.mean:+.1f}"
-        rows.append([f"{first} > {second}", a.text(), b.text(), gap, paper, verdict])
+        row = [f"{first} > {second}", a.text(), b.text(), gap, paper, verdict]
+        if protocol_key:
+            row.append(compare(_stat(by_entry.get(first), protocol_key), _stat(by_entry.get(second), protocol_key)))
+        rows.append(row)
     if all(v == HOLDS for v in verdicts):
         verdict = HOLDS
     elif NOT_RUN in verdicts:
@@ -184,10 +235,16 @@ def order_claim(by_entry: Mapping[str, Summary], pairs: Sequence[tuple[str, str]
         verdict = REVERSED
     else:
         verdict = NOISE if all(v in (HOLDS, NOISE) for v in verdicts) else REVERSED
-    detail = ("Pairwise ERS, mean ± sample std over seeds; a gap within twice its standard error is "
-              "within noise. Paper: CUB, ResNet-18 (Table 1/3).")
-    return Claim(claim_key, title, verdict, detail, ["claim", "first ERS", "second ERS", "gap", "paper (CUB)",
-                                                     "verdict"], rows)
+    detail = (f"Pairwise {_label(key)}, mean ± sample std over seeds; a gap within twice its standard error is "
+              "within noise. Paper: CUB, ResNet-18 (Table 1/3), RobRank's ERS.")
+    headers = ["claim", f"first {_label(key)}", f"second {_label(key)}", "gap", "paper (CUB)", "verdict"]
+    if protocol_key:
+        headers.append(f"by {_label(protocol_key)} alone")
+    return Claim(claim_key, title, verdict, detail, headers, rows)
+
+
+def _label(key: str) -> str:
+    return {"ERS:RobRank": "ERS (RobRank)", "audit:ERS:strong": "Strong ERS"}.get(key, key)
 
 
 def cost_claim(by_entry: Mapping[str, Summary]) -> Claim:
@@ -204,7 +261,7 @@ def cost_claim(by_entry: Mapping[str, Summary]) -> Claim:
     return Claim("c", "COLO-TRIDE trains faster than HM", verdict, detail)
 
 
-def ablation_claim(by_entry: Mapping[str, Summary]) -> Claim:
+def ablation_claim(by_entry: Mapping[str, Summary], key: str = "ERS") -> Claim:
     rows = []
     matches, missing = [], []
     for name, label in ABLATION_ROWS:
@@ -216,36 +273,43 @@ def ablation_claim(by_entry: Mapping[str, Summary]) -> Claim:
             rows.append([label, "not run", "—", "—", "—", "—", paper_text, NOT_RUN])
             missing.append(name)
             continue
-        collapsed = s.collapsed > 0
+        shrunk, entangled = _collapses(s)
+        collapsed = shrunk or entangled
         agrees = collapsed == bool(paper.get("collapses"))
         matches.append(agrees)
-        outcome = ("collapsed" if collapsed else "no collapse") + (" (as the paper)" if agrees else "")
-        rows.append([label, _stat(s, "R@1").text(1, 100.0), _stat(s, "ERS").text(), _stat(s, "ARS").text(),
-                     f"{s.collapsed}/{s.n}", f"{_min_over_seeds(s, 'training:min_separability'):.3f}", paper_text,
+        outcome = _signatures(shrunk, entangled) + (" (as the paper)" if agrees else "")
+        rows.append([label, _stat(s, "R@1").text(1, 100.0), _stat(s, key).text(), _stat(s, "ARS").text(),
+                     _flag_text(s, "shrunk"), _flag_text(s, "entangled"),
+                     f"{_min_over_seeds(s, 'training:entangled_separability'):.3f}", paper_text,
                      outcome if agrees else f"{outcome}: {NOT_REPRODUCED}"])
-    order = [compare(_stat(by_entry.get(a), "ERS"), _stat(by_entry.get(b), "ERS")) for a, b in ABLATION_ORDER]
+    order = [compare(_stat(by_entry.get(a), key), _stat(by_entry.get(b), key)) for a, b in ABLATION_ORDER]
     if missing:
         verdict = NOT_RUN
     elif all(matches) and all(v == HOLDS for v in order):
         verdict = REPRODUCED
     else:
         verdict = NOT_REPRODUCED
-    detail = ("Collapse outcomes against the paper's Table 3 (naive variants collapse, COLO variants do not); "
-              f"ERS order COLO-TRIDE > COLO-CAP: {order[0]}; COLO-CAP > COLO-ANP: {order[1]}.")
+    detail = ("Collapse outcomes against the paper's Table 3 (naive variants collapse, COLO variants do not), "
+              f"either signature counting as a collapse: shrunk (clean gallery spread below {100 * SHRUNK_FRACTION:.0f} % "
+              f"of natural training's) or entangled (late separability ≤ {ENTANGLED_SEPARABILITY}); "
+              f"{_label(key)} order COLO-TRIDE > COLO-CAP: {order[0]}; COLO-CAP > COLO-ANP: {order[1]}.")
     return Claim("d", "Ablations (Table 3)", verdict, detail,
-                 ["row", "R@1", "ERS", "ARS", "collapsed", "min separability", "paper (CUB)", "here"], rows)
+                 ["row", "R@1", _label(key), "ARS", "shrunk", "entangled", "min late separability", "paper (CUB)",
+                  "here"], rows)
 
 
-def replication(summaries: Sequence[Summary]) -> Replication:
-    """The four claims for one board; empty when the board has none of the paper's entries."""
+def replication(summaries: Sequence[Summary], key: str = "ERS") -> Replication:
+    """The four claims for one board, ordered by the board's ranking ``key``; empty when the board
+    has none of the paper's entries. The ERS-order claim also says what RobRank's ERS alone concludes."""
     by_entry = {s.entry: s for s in summaries}
     if not any(name in by_entry for name in PAPER_ROWS):
         return Replication([])
+    protocol = "ERS:RobRank" if key != "ERS:RobRank" else None
     return Replication([
         collapse_claim(by_entry),
-        order_claim(by_entry, ERS_ORDER, "ERS", "ERS order COLO-TRIDE > HM > ACT", "b"),
+        order_claim(by_entry, ERS_ORDER, key, "ERS order COLO-TRIDE > HM > ACT", "b", protocol),
         cost_claim(by_entry),
-        ablation_claim(by_entry),
+        ablation_claim(by_entry, key),
     ])
 
 

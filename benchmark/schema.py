@@ -78,4 +78,9 @@ TELEMETRY_COLUMNS = [
     "loss", "collapseness", "hardness", "separability", "mean_distance", "embedding_shift",
 ]
 
-BENIGN_METRICS = ["R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1"]
+# The clean measurements of a cell (``attack == "benign"``): exact retrieval metrics, R@1 as a faiss
+# index returns it (``benchmark.deployment``) and the spread of the clean test gallery
+# (``benchmark.shrinkage``).
+BENIGN_METRICS = ["R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1",
+                  "R@1:faiss-f32", "R@1:faiss-f16", "R@1:faiss-ip32",
+                  "spread:mean_distance", "spread:median_nn_distance", "spread:centroid_norm"]

@@ -8,11 +8,23 @@ key        meaning                                     unit / range
 CA+, CA-   candidate attack, mean rank percentile      percent, 0–100
 QA+, QA-   query attack, mean rank percentile          percent, 0–100
 TMA        targeted mismatch, mean cosine similarity   0–1
+TMA-centred  the same cosine, centred on the gallery   −1–1
 ES:D       embedding shift, mean L2 shift              0–2 (unit vectors)
+ES:D-rel   the shift × √2 / the gallery's spread       ≥ 0 (≈ ES:D when isotropic)
 ES:R       R@1 after the embedding-shift attack        percent
 LTM, GTM   R@1 after the misranking attacks            percent
 GTT        retain@4 after top-1 translocation          percent
 =========  ==========================================  ==============
+
+Two ERS definitions, one ranked and one for comparison with published numbers:
+
+* **ERS** (the ranked score) is scale-free: it uses ``TMA-centred`` and ``ES:D-rel`` for the two
+  terms that RobRank measures in absolute units, so it does not change when a model's embeddings
+  are mapped by a transformation that keeps every ranking (such as shrinking them into a tiny
+  cap, which an absolute distance rewards and a raw cosine punishes). Those two terms are clipped
+  to [0, 100]: a relative shift can exceed 2 and a centred cosine can be negative.
+* **ERS (RobRank)**, :func:`ers_robrank`: REFERENCE §3 exactly (raw TMA, absolute ES:D, no
+  clipping); it recomputes the published numbers.
 """
 
 from __future__ import annotations
@@ -22,11 +34,28 @@ from collections.abc import Callable, Mapping
 
 from .errors import BenchmarkError
 
-ERS_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
+# The ranked ERS (scale-free) and RobRank's protocol ERS: the same ten attacks, two of them measured
+# differently. ``ERS_KEYS`` is the ranked one.
+ERS_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "TMA-centred", "ES:D-rel", "ES:R", "LTM", "GTM", "GTT")
+ROBRANK_ERS_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
+# Every attack value that enters either definition, in board order.
+SCORED_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "TMA-centred", "TMA", "ES:D-rel", "ES:D", "ES:R", "LTM",
+                                "GTM", "GTT")
+
+# The stored score metrics: the ranked ERS and the protocol one.
+RANKED_SCORE = "ERS"
+ROBRANK_SCORE = "ERS:RobRank"
+
+
+def _clip(value: float) -> float:
+    return min(100.0, max(0.0, value))
+
 
 # Each attack value mapped to a 0–100 "robustness" term, 100 = perfectly robust (REFERENCE §3).
 # CA+/QA+ double because a random ranking puts the target at the 50th percentile.
 ERS_TERMS: Mapping[str, Callable[[float], float]] = {
+    "TMA-centred": lambda v: _clip(100.0 * (1.0 - v)),
+    "ES:D-rel": lambda v: _clip(50.0 * (2.0 - v)),
     "CA+": lambda v: 2.0 * v,
     "CA-": lambda v: 100.0 - v,
     "QA+": lambda v: 2.0 * v,
@@ -64,20 +93,28 @@ def _finite(value: float, name: str) -> float:
     return value
 
 
-def ers_terms(values: Mapping[str, float]) -> dict[str, float]:
-    """The ten rescaled ERS terms (0–100, higher = more robust), keyed like ``ERS_KEYS``.
+def ers_terms(values: Mapping[str, float], keys: tuple[str, ...] = ERS_KEYS) -> dict[str, float]:
+    """The ten rescaled ERS terms (0–100, higher = more robust), keyed like ``keys``.
 
-    Terms: 2·CA+, 100−CA−, 2·QA+, 100−QA−, 100·(1−TMA), 50·(2−ES:D), ES:R, LTM, GTM, GTT.
-    No clipping, as in the reference: an ES:D above 2 (unnormalised embeddings) gives a negative term.
-    Extra keys in ``values`` are ignored; missing ones raise :class:`BenchmarkError`.
+    Terms: 2·CA+, 100−CA−, 2·QA+, 100−QA−, 100·(1−TMA), 50·(2−ES:D), ES:R, LTM, GTM, GTT, with
+    TMA-centred and ES:D-rel in place of TMA and ES:D for the ranked ERS (clipped to [0, 100]).
+    RobRank's terms are not clipped, as in the reference: an ES:D above 2 (unnormalised
+    embeddings) gives a negative term. Extra keys in ``values`` are ignored; missing ones raise
+    :class:`BenchmarkError`.
     """
-    _require(values, ERS_KEYS, "ERS")
-    return {key: ERS_TERMS[key](_finite(values[key], key)) for key in ERS_KEYS}
+    _require(values, keys, "ERS")
+    return {key: ERS_TERMS[key](_finite(values[key], key)) for key in keys}
 
 
 def ers(values: Mapping[str, float]) -> float:
-    """Empirical Robustness Score: the mean of :func:`ers_terms` (printed with 1 decimal)."""
-    terms = ers_terms(values)
+    """The ranked Empirical Robustness Score (scale-free): the mean of :func:`ers_terms`."""
+    terms = ers_terms(values, ERS_KEYS)
+    return sum(terms.values()) / len(terms)
+
+
+def ers_robrank(values: Mapping[str, float]) -> float:
+    """ERS exactly as RobRank defines it (REFERENCE §3): raw TMA, absolute ES:D, no clipping."""
+    terms = ers_terms(values, ROBRANK_ERS_KEYS)
     return sum(terms.values()) / len(terms)
 
 

@@ -69,6 +69,26 @@ def is_collapsed(separability: list[float], tail_fraction: float = 0.25, thresho
     return float(torch.tensor(tail).median()) <= threshold
 
 
+# The *entangled* verdict (the paper's second collapse signature): the median separability over
+# the last quarter of the steps after perturbations started is at or below this. Separability is
+# scale-free (it divides by the batch's mean distance); 0 means negatives are as close to their
+# anchors as positives, and "near it" is taken as 0.05 (every entry measured here ends at 0.17 or
+# more, natural training at 0.64–0.71).
+ENTANGLED_SEPARABILITY = 0.05
+
+
+def perturbation_start(records: list[dict[str, float]]) -> int:
+    """Index of the first step on which the defense perturbed its inputs (0 when it never reports
+    it: defenses without the ``x:perturbed`` extra perturb from the first step or never)."""
+    for i, record in enumerate(records):
+        perturbed = record.get("x:perturbed")
+        if perturbed is None:
+            return 0
+        if float(perturbed) > 0:
+            return i
+    return 0
+
+
 def training_summary(records: list[dict[str, float]]) -> dict[str, float]:
     """Per-run numbers stored with a cell's rows (``attack == "training"``).
 
@@ -84,6 +104,14 @@ def training_summary(records: list[dict[str, float]]) -> dict[str, float]:
     * ``colo_acted_share``: steps on which COLO changed the perturbation (assist or skip because
       the clean batch was collapsing, C > 0); ``would_flip_share``: steps whose clean C > 0, also
       for the naive ablations, which ignore it; ``clean_collapseness_max``.
+
+    The two collapse signatures of the seed paper (§4.2), kept apart:
+
+    * shrinkage: ``start_mean_distance`` (median batch mean distance over the first 5 % of the
+      steps), ``end_mean_distance`` (over the last 25 %) and ``spread_vs_start`` = end / start;
+    * entanglement: ``entangled_separability``, the median separability over the last 25 % of the
+      steps counted from the first perturbed step, and ``entangled`` (1 when it is at or below
+      :data:`ENTANGLED_SEPARABILITY`).
     """
     if not records:
         return {}
@@ -102,6 +130,16 @@ def training_summary(records: list[dict[str, float]]) -> dict[str, float]:
         out["min_separability"] = float(smoothed.min())
         tail = separability[-max(1, int(round(len(separability) * 0.25))):]
         out["tail_separability"] = float(tail.median())
+        late = separability[perturbation_start(records):]
+        late_tail = late[-max(1, int(round(len(late) * 0.25))):]
+        out["entangled_separability"] = float(late_tail.median())
+        out["entangled"] = float(out["entangled_separability"] <= ENTANGLED_SEPARABILITY)
+    distance = column("mean_distance")
+    if distance is not None:
+        start = float(distance[:max(1, int(round(len(distance) * 0.05)))].median())
+        end = float(distance[-max(1, int(round(len(distance) * 0.25))):].median())
+        out["start_mean_distance"], out["end_mean_distance"] = start, end
+        out["spread_vs_start"] = end / start if start > 0 else float("nan")
     collapse = column("collapseness")
     if collapse is not None:
         out["max_collapseness"] = float(collapse.max())

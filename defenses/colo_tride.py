@@ -55,6 +55,7 @@ from benchmark.losses import (
     Triplets,
     gradual_margin,
     mine_semihard,
+    pairwise_distance,
     row_distance,
     triplet_distances,
     triplet_loss,
@@ -116,6 +117,10 @@ class COLOTRIDE(AlternatingPhases):
         self.phases = str(self.phases).strip().lower()
         super().__post_init__()
 
+    def clean_collapseness(self, clean: torch.Tensor, d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> float:
+        """The collapseness COLO decides on: the paper's, on absolute distances."""
+        return float(collapseness(d_ap, d_an, lam))
+
     def next_phase(self) -> str:
         """``cap``, ``anp`` or ``joint`` for this step (alternating CAP/ANP under TRIDE)."""
         if self.phases != "alternate":
@@ -134,7 +139,7 @@ class COLOTRIDE(AlternatingPhases):
         miner_margin = gradual_margin(ctx.epoch, ctx.num_epochs, self.miner_margin)
         triplets = mine_semihard(clean, labels, margin=miner_margin, generator=ctx.generator)
         d_ap, d_an = triplet_distances(clean, triplets)
-        clean_c = float(collapseness(d_ap, d_an, attention_lambda(self.attention_lambda, ctx)))
+        clean_c = self.clean_collapseness(clean, d_ap, d_an, attention_lambda(self.attention_lambda, ctx))
         phase = self.next_phase()
         direction = self.direction(clean_c, ctx.progress)
         config = ctx.pgd_config(self.pgd_steps, alpha=tride_step_size(self.travel, ctx.epsilon, self.pgd_steps),
@@ -265,3 +270,26 @@ class NaiveAT(COLOTRIDE):
 
     colo: bool = param(False, choices=(True, False))
     phases: str = param("joint", choices=PHASE_MODES)
+
+
+@DEFENSES.register("colo-tride-rel", description="COLO-TRIDE whose collapseness uses distances relative to the "
+                                                 "batch's mean pairwise distance (scale-free ablation)")
+@dataclass
+class RelativeCOLOTRIDE(COLOTRIDE):
+    """Ablation: COLO-TRIDE with a scale-free collapseness.
+
+    The paper's collapseness weights distances by exp(−λ d) with λ in absolute units (10 for 28x28
+    data). Once a model shrinks its embeddings into a cap a thousandth wide, every weight is the
+    same, C equals the plain hardness (measured C/H = 1.000 on every shrunk entry), stays below 0,
+    and COLO never acts. Here the distances are divided by the clean batch's mean pairwise distance
+    before weighting, so λ means the same at every scale and C is in units of the batch's spread
+    (which also sets the top-ranked weight γ = exp(−relu(−C))). Everything else is COLO-TRIDE's.
+    For an unshrunk batch (spread about 1) it decides as COLO-TRIDE does.
+    """
+
+    version: ClassVar[int] = 1
+
+    def clean_collapseness(self, clean: torch.Tensor, d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> float:
+        n = len(clean)
+        spread = (pairwise_distance(clean, clean).sum() / max(n * (n - 1), 1)).clamp_min(1e-12)
+        return float(collapseness(d_ap / spread, d_an / spread, lam))

@@ -35,7 +35,7 @@ from benchmark.matrix import MatrixSummary, run_matrix
 from benchmark.plugins import load_builtins as import_builtins
 from benchmark.registry import ATTACKS
 from benchmark.schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES, PROVENANCE_COLUMNS, TELEMETRY_COLUMNS
-from benchmark.scores import ARS_KEYS, ERS_KEYS, ers
+from benchmark.scores import ARS_KEYS, ERS_KEYS, ROBRANK_ERS_KEYS, ers, ers_robrank
 
 REPO = Path(__file__).resolve().parents[1]
 DEFENSES = ("nt", "ga")
@@ -77,6 +77,8 @@ def expected_rows_per_cell(attacks: tuple[str, ...]) -> int:
     keys = [key for name in attacks for key in ATTACKS.create(name).metrics]
     scores = 1  # WHM
     if set(ERS_KEYS) <= set(keys):
+        scores += 1
+    if set(ROBRANK_ERS_KEYS) <= set(keys):
         scores += 1
     if set(ARS_KEYS) <= set(keys):
         scores += len(ARS_KEYS) + 1
@@ -177,7 +179,7 @@ def test_smoke_matrix_rows_types_provenance_files(smoke_run):
     assert torch.get_num_threads() == smoke_run.caller_threads  # the cells' thread count was not left behind
 
     per_cell = expected_rows_per_cell(SMOKE_ATTACKS)
-    assert per_cell == 7 + 2 * 2 + 1  # benign + CA+/QA+ x (adversarial, clean) + WHM (no ERS/ARS: suite incomplete)
+    assert per_cell == 13 + 2 * 2 + 1  # benign + CA+/QA+ x (adversarial, clean) + WHM (no ERS/ARS: suite incomplete)
     assert len(without_training(df)) == 4 * per_cell
     assert (without_training(df).groupby("cell_id").size() == per_cell).all()
     training = df[df["attack"] == "training"]
@@ -249,12 +251,13 @@ def test_whole_suite_cell_reuses_checkpoint_and_scores(smoke_run, tmp_path):
     assert summary.computed == 1
     suite = default_attack_names()
     df = assert_store_consistent(results, 1, suite)
-    assert len(without_training(df)) == expected_rows_per_cell(suite) == 7 + 2 * 10 + 1 + 1 + len(ARS_KEYS) + 1
+    assert len(without_training(df)) == expected_rows_per_cell(suite) == 13 + 2 * 12 + 1 + 2 + len(ARS_KEYS) + 1
 
     scores = df[df["attack"] == "score"].set_index("metric")["value"]
-    assert set(scores.index) == {"ERS", "ARS", "WHM"} | {f"ARS:{k}" for k in ARS_KEYS}
+    assert set(scores.index) == {"ERS", "ERS:RobRank", "ARS", "WHM"} | {f"ARS:{k}" for k in ARS_KEYS}
     adversarial = df[df["variant"] == "adversarial"].set_index("metric")["value"]
     assert scores["ERS"] == pytest.approx(ers(adversarial.to_dict()))
+    assert scores["ERS:RobRank"] == pytest.approx(ers_robrank(adversarial.to_dict()))
     assert scores["ARS"] == pytest.approx(sum(scores[f"ARS:{k}"] for k in ARS_KEYS) / len(ARS_KEYS))
     assert set(df["attack"]) == {"benign", "score", "training", *suite}
 

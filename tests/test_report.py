@@ -23,7 +23,7 @@ from benchmark.report import (
     training_curves,
 )
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
-from benchmark.scores import ARS_KEYS, ars, ars_mean, ers, whm
+from benchmark.scores import ARS_KEYS, ars, ars_mean, ers, ers_robrank, whm
 
 
 def described(attack: str, metric: str) -> dict:
@@ -37,8 +37,8 @@ def described(attack: str, metric: str) -> dict:
             "meaning": spec.meaning}
 
 # Built-in attacks and the metric keys each reports.
-ATTACK_METRICS = {"ca+": ["CA+"], "ca-": ["CA-"], "qa+": ["QA+"], "qa-": ["QA-"], "tma": ["TMA"],
-                  "es": ["ES:D", "ES:R"], "ltm": ["LTM"], "gtm": ["GTM"], "gtt": ["GTT"]}
+ATTACK_METRICS = {"ca+": ["CA+"], "ca-": ["CA-"], "qa+": ["QA+"], "qa-": ["QA-"], "tma": ["TMA", "TMA-centred"],
+                  "es": ["ES:D", "ES:R", "ES:D-rel"], "ltm": ["LTM"], "gtm": ["GTM"], "gtt": ["GTT"]}
 ATTACK_SECONDS = 1.5  # per built-in attack: 9 * 1.5 = 13.5 s a cell, plus 0.5 s for the plugin attack
 XSS = "<script>alert(1)</script>"
 
@@ -64,11 +64,12 @@ def attack_values(robustness: float) -> dict[str, float]:
     """Raw attack values whose ERS terms all equal ``robustness``, so ERS == robustness exactly."""
     r = robustness
     return {"CA+": r / 2, "CA-": 100 - r, "QA+": r / 2, "QA-": 100 - r, "TMA": 1 - r / 100,
-            "ES:D": 2 - r / 50, "ES:R": r, "LTM": r, "GTM": r, "GTT": r}
+            "ES:D": 2 - r / 50, "ES:R": r, "LTM": r, "GTM": r, "GTT": r,
+            "TMA-centred": 1 - r / 100, "ES:D-rel": 2 - r / 50}
 
 
 CLEAN_VALUES = {"CA+": 50.0, "CA-": 1.0, "QA+": 50.0, "QA-": 1.0, "TMA": 0.2, "ES:D": 0.0,
-                "ES:R": 90.0, "LTM": 90.0, "GTM": 90.0, "GTT": 100.0}
+                "ES:R": 90.0, "LTM": 90.0, "GTM": 90.0, "GTT": 100.0, "TMA-centred": 0.0, "ES:D-rel": 0.0}
 
 
 def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: str = "smoke",
@@ -124,6 +125,7 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 add("my-attack", "MY", 1.0, "clean", attack_plugin=True, attack_seconds=0.5, **mine)
             if not dropped:
                 add("score", "ERS", ers(after))
+                add("score", "ERS:RobRank", ers_robrank(after))
                 before = {k: CLEAN_VALUES[k] for k in ARS_KEYS}
                 for key, value in ars(before, after).items():
                     add("score", f"ARS:{key}", value)
@@ -134,7 +136,8 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 telemetry.append({"cell_id": cell_id, "dataset": dataset, "defense": spec.defense, "entry": entry,
                                   "seed": seed, "preset": preset, "step": step, "epoch": step * 2 // steps,
                                   "loss": 0.2, "collapseness": level, "hardness": -0.1,
-                                  "separability": 0.5 + 0.01 * step, "mean_distance": 1.0,
+                                  "separability": 0.0 if spec.collapsed and spec.collapsed[seed]
+                                  else 0.5 + 0.01 * step, "mean_distance": 1.0,
                                   "embedding_shift": 0.05})
     frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
     frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})
@@ -217,7 +220,8 @@ def test_rows_are_entries_sorted_by_ers_with_mean_std_and_n(rendered):
     assert act["Train s"] == "105 ± 7"  # >= 100 s prints without decimals
     assert act["Attack s"] == "14.0 ± 0.0"  # 9 built-in attacks × 1.5 s + the plugin attack's 0.5 s
     assert act["PGD steps"] == "2"  # a setting: no "± 0"
-    assert act["Collapsed"] == "1/2"
+    assert act["Entangled"] == "1/2"  # seed 1's separability sank to 0 (the synthetic telemetry)
+    assert act["Shrunk"] == "0/2" and act["Spread % NT"] == "100.00 ± 0.00"
     nt = dict(zip(header, body[3]))
     assert nt["ERS"] == "12.0 ± 2.8" and nt["Kind"] == "built-in"
     assert "41.0 ± 1.4" in html and "n=2" in html and "12.0 ± 2.8" in html
@@ -373,3 +377,16 @@ def test_protocol_gives_natural_trainings_benign_r1():
     rows = pd.DataFrame([row("nt", 0, 0.50), row("nt", 1, 0.60), row("act", 0, 0.9), row("nt", 0, 0.7, "R@2")])
     assert _natural_training_r1(rows).startswith("55.0 % ± 7.1 (nt, 2 seeds")
     assert _natural_training_r1(rows[rows["defense"] == "act"]) == ""
+
+
+def test_a_newer_evaluation_of_an_entry_and_seed_supersedes_the_older_one():
+    """After a version bump the store holds both evaluations of one model; the board counts it once."""
+    old, _ = synthetic_store([EntrySpec("nt", [10.0, 20.0], [0.5, 0.6])])
+    new, _ = synthetic_store([EntrySpec("nt", [30.0], [0.7])], start=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    new["cell_id"] = new["cell_id"] + "-v2"  # a new cell id for seed 0, created later
+    board = build_boards(pd.concat([old, new], ignore_index=True), None, plots=False)[0]
+    (row,) = board.rows
+    cells = {c.label: cell.text for c, cell in zip(board.columns, row.cells)}
+    assert row.seeds == 2 and cells["ERS"] == "25.0 ± 7.1"  # seed 0 from the newer cell (30), seed 1 (20)
+    provenance = dict(board.provenance)
+    assert provenance["Cells"] == "2" and provenance["Superseded cells"].startswith("1 older evaluation")

@@ -11,10 +11,12 @@ from benchmark.scores import (
     ARS_GOALS,
     ARS_KEYS,
     ERS_KEYS,
+    ROBRANK_ERS_KEYS,
     ars,
     ars_attack,
     ars_mean,
     ers,
+    ers_robrank,
     ers_terms,
     whm,
 )
@@ -22,8 +24,8 @@ from benchmark.scores import (
 
 def attack_row(*values: float) -> dict[str, float]:
     """Raw attack values in the column order CA+ CA− QA+ QA− TMA ES:D ES:R LTM GTM GTT."""
-    assert len(values) == len(ERS_KEYS)
-    return dict(zip(ERS_KEYS, values))
+    assert len(values) == len(ROBRANK_ERS_KEYS)
+    return dict(zip(ROBRANK_ERS_KEYS, values))
 
 
 # REFERENCE §8.3 (CVPR'22 tab-sota, rob224) and §8.1 (Fashion-MNIST, rob28)
@@ -41,7 +43,7 @@ FASHION_ACT = attack_row(33.6, 14.6, 38.5, 12.1, 0.259, 0.541, 48.5, 59.5, 60.2,
     (SOP_HM_ICS_32, 61.6, 61.57),
 ])
 def test_ers_recomputes_published_cvpr22_rows(values, published, unrounded):
-    score = ers(values)
+    score = ers_robrank(values)
     assert round(score, 1) == published
     assert score == pytest.approx(unrounded, abs=0.01)
 
@@ -49,8 +51,8 @@ def test_ers_recomputes_published_cvpr22_rows(values, published, unrounded):
 def test_ers_exact_hand_sum():
     terms = [2 * 15.5, 100 - 37.7, 2 * 15.1, 100 - 32.2, 100 * (1 - 0.472), 50 * (2 - 0.821),
              11.1, 9.4, 14.9, 1.0]
-    assert ers(CUB_ACT_32) == pytest.approx(sum(terms) / 10, abs=1e-12)
-    assert ers(CUB_ACT_32) == pytest.approx(33.945, abs=1e-9)
+    assert ers_robrank(CUB_ACT_32) == pytest.approx(sum(terms) / 10, abs=1e-12)
+    assert ers_robrank(CUB_ACT_32) == pytest.approx(33.945, abs=1e-9)
 
 
 @pytest.mark.parametrize("values,published,terms", [
@@ -59,9 +61,9 @@ def test_ers_exact_hand_sum():
     (FASHION_ACT, 63.3, [67.2, 85.4, 77.0, 87.9, 74.1, 72.95, 48.5, 59.5, 60.2, 0.1]),
 ])
 def test_ers_recomputes_fashion_rows_and_terms(values, published, terms):
-    assert round(ers(values), 1) == published
-    got = ers_terms(values)
-    assert list(got) == list(ERS_KEYS)
+    assert round(ers_robrank(values), 1) == published
+    got = ers_terms(values, ROBRANK_ERS_KEYS)
+    assert list(got) == list(ROBRANK_ERS_KEYS)
     assert list(got.values()) == pytest.approx(terms, abs=1e-9)
 
 
@@ -89,24 +91,24 @@ CVPR22_ROWS = [
 
 @pytest.mark.parametrize("values,published", CVPR22_ROWS)
 def test_ers_close_to_other_published_rows(values, published):
-    assert ers(attack_row(*values)) == pytest.approx(published, abs=0.1)
+    assert ers_robrank(attack_row(*values)) == pytest.approx(published, abs=0.1)
 
 
-def test_ers_has_no_clipping():
+def test_robrank_ers_has_no_clipping():
     values = dict(CUB_ACT_32, **{"ES:D": 3.0, "TMA": -0.5})  # unnormalised embeddings can do this
-    terms = ers_terms(values)
+    terms = ers_terms(values, ROBRANK_ERS_KEYS)
     assert terms["ES:D"] == pytest.approx(-50.0)
     assert terms["TMA"] == pytest.approx(150.0)
 
 
 def test_ers_ignores_extra_keys_and_reports_missing_ones():
-    assert ers(dict(CUB_ACT_32, extra=1e9)) == ers(CUB_ACT_32)
+    assert ers_robrank(dict(CUB_ACT_32, extra=1e9)) == ers_robrank(CUB_ACT_32)
     partial = {k: v for k, v in CUB_ACT_32.items() if k not in ("GTT", "ES:R")}
     with pytest.raises(BenchmarkError, match=r"ES:R, GTT") as err:
-        ers(partial)
+        ers_robrank(partial)
     assert "CA+" in str(err.value)  # the accepted keys are listed too
     with pytest.raises(BenchmarkError, match="finite"):
-        ers(dict(CUB_ACT_32, TMA=float("nan")))
+        ers_robrank(dict(CUB_ACT_32, TMA=float("nan")))
 
 
 # SPEC §5 / seed paper Table 2, CUB ACT: "before" nominal values and the printed ARS
@@ -135,7 +137,32 @@ def test_ars_recomputes_cub_act_per_attack_and_mean():
 def test_ars_goals_and_keys():
     assert ARS_GOALS == {"CA+": 0.0, "QA+": 0.0, "CA-": 100.0, "QA-": 100.0,
                          "ES:R": 0.0, "LTM": 0.0, "GTM": 0.0, "GTT": 0.0}
-    assert set(ARS_KEYS) == set(ERS_KEYS) - {"TMA", "ES:D"}
+    assert set(ARS_KEYS) == set(ERS_KEYS) - {"TMA-centred", "ES:D-rel"}
+    assert set(ARS_KEYS) == set(ROBRANK_ERS_KEYS) - {"TMA", "ES:D"}
+
+
+def scale_free(values: dict[str, float], tma_centred: float, shift_relative: float) -> dict[str, float]:
+    return dict(values, **{"TMA-centred": tma_centred, "ES:D-rel": shift_relative})
+
+
+def test_ranked_ers_uses_the_scale_free_terms_and_equals_robrank_for_an_isotropic_gallery():
+    # for a gallery centred on the origin with spread √2 the scale-free values equal the raw ones
+    values = scale_free(CUB_ACT_32, CUB_ACT_32["TMA"], CUB_ACT_32["ES:D"])
+    assert ers(values) == pytest.approx(ers_robrank(values), abs=1e-12)
+    # a shrunk model: RobRank's absolute ES:D gives it nearly all 10 points, the relative shift none
+    shrunk = dict(values, **{"ES:D": 0.002, "TMA": 1.0, "ES:D-rel": 2.4, "TMA-centred": 0.6})
+    terms = ers_terms(shrunk)
+    assert terms["ES:D-rel"] == 0.0  # clipped: a shift beyond the gallery's effective diameter
+    assert terms["TMA-centred"] == pytest.approx(40.0)
+    assert ers_terms(shrunk, ROBRANK_ERS_KEYS)["ES:D"] == pytest.approx(99.9)
+    assert ers_terms(shrunk, ROBRANK_ERS_KEYS)["TMA"] == pytest.approx(0.0)
+    # the scale-free terms stay in [0, 100]
+    assert ers_terms(scale_free(CUB_ACT_32, -0.5, 0.0))["TMA-centred"] == 100.0
+
+
+def test_ranked_ers_needs_the_scale_free_values():
+    with pytest.raises(BenchmarkError, match="TMA-centred, ES:D-rel"):
+        ers(CUB_ACT_32)
 
 
 @pytest.mark.parametrize("before,after,goal,expected", [

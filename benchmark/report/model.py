@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..replication import ActivityRow, Replication
+from ..shrinkage import SHRUNK_FRACTION
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Row:
     defense_params: str
     seeds: int
     cells: list[Cell]
-    collapsed: Cell
+    shrunk: Cell  # seeds whose clean test gallery spreads < SHRUNK_FRACTION of natural training's
+    entangled: Cell  # seeds whose late-training separability sank to about 0 (the paper's collapse)
     kind: Cell
     audit: Cell | None = None  # the attack-strength audit's verdict (boards that carry audits)
 
@@ -101,6 +103,51 @@ class Board:
     activity: list[ActivityRow] = field(default_factory=list)
     activity_columns: list[str] = field(default_factory=list)
     audited: bool = False  # some cell carries an audit, or some entry is a plugin: the audit columns are shown
+    ranked_by: str = "ERS"  # the column key the rows are ordered by (tables.ranking_key)
+
+    @property
+    def ranked_label(self) -> str:
+        """The label of the column the board is ordered by."""
+        return next((c.label for c in self.columns if c.key == self.ranked_by), self.ranked_by)
+
+    @property
+    def ranking_note(self) -> str:
+        """One sentence on what orders the rows; says so when the ranked ERS is not available yet."""
+        if self.ranked_by == "ERS":
+            return ("Sorted by ERS, the scale-free Empirical Robustness Score (TMA centred on the clean gallery, "
+                    "ES:D relative to its spread); ERS (RobRank) beside it is RobRank's exact definition.")
+        return (f"Sorted by {self.ranked_label}: no cell on this board was evaluated with the scale-free ERS yet "
+                "(its cells predate it), so the rows fall back to RobRank's definition, which rewards embeddings "
+                "shrunk into a tiny cap. Re-run the matrix to rank by ERS.")
+
+    @property
+    def shrunk_threshold(self) -> str:
+        """The spread below which an entry is called shrunk, as printed (relative to natural training)."""
+        return f"{100 * SHRUNK_FRACTION:.0f} %"
+
+    @property
+    def geometry_findings(self) -> str:
+        """What the embedding geometry says, computed from the rows: shrunk entries, broken indexes."""
+        spread = self._column_values("spread_vs_nt")
+        shrunk = [row.entry for row in self.rows if row.shrunk.css == "warn"]
+        entangled = [row.entry for row in self.rows if row.entangled.css == "warn"]
+        broken = [row.entry for row in self.rows
+                  if any(cell.css == "warn" for column, cell in zip(self.columns, row.cells)
+                         if column.key == "R@1:faiss-f32")]
+        parts = []
+        if shrunk:
+            parts.append(f"Shrunk (clean gallery spread below {self.shrunk_threshold} of natural training's): "
+                         + ", ".join(f"{entry} ({spread[entry]:.2f} %)" if entry in spread else entry
+                                     for entry in shrunk) + ".")
+        else:
+            parts.append("No entry is shrunk.")
+        parts.append("Entangled (late-training separability ≤ 0.05): " + (", ".join(entangled) or "none") + ".")
+        if broken:
+            parts.append("A float32 faiss index loses more than 2 points of R@1 on: " + ", ".join(broken)
+                         + " (their exact R@1 is not what a deployment returns).")
+        elif "R@1:faiss-f32" in {c.key for c in self.columns} and self._column_values("R@1:faiss-f32"):
+            parts.append("Every measured entry keeps its R@1 in a float32 faiss index.")
+        return " ".join(parts)
 
     @property
     def title(self) -> str:
@@ -127,13 +174,15 @@ class Board:
     @property
     def audit_findings(self) -> str:
         """What the stored audits say, computed from the rows: the Strong-ERS order, the largest drop, flags."""
-        strong = self._column_values("audit:ERS:strong")
+        strong, drop, prefix = self._column_values("audit:ERS:strong"), self._column_values("audit:drop"), ""
+        if not strong:
+            strong, drop = self._column_values("audit:ERS:strong:RobRank"), self._column_values("audit:drop:RobRank")
+            prefix = "Under RobRank's ERS definitions (these audits predate the scale-free ERS): "
         if not strong:
             return ("No cell on this board is audited yet (`rrb run --audit`, or `rrb submit` without "
                     "`--no-audit`).")
-        drop = self._column_values("audit:drop")
         order = sorted(strong, key=lambda entry: -strong[entry])
-        parts = ["Ranked by Strong ERS: " + ", ".join(f"{entry} {strong[entry]:.1f}" for entry in order) + "."]
+        parts = [prefix + "Ranked by Strong ERS: " + ", ".join(f"{entry} {strong[entry]:.1f}" for entry in order) + "."]
         if drop:
             worst = max(drop, key=lambda entry: drop[entry])
             standard = drop[worst] + strong.get(worst, 0.0)  # the audited seeds' own standard ERS

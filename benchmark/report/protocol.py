@@ -120,6 +120,10 @@ def provenance_lines(rows: pd.DataFrame) -> list[tuple[str, str]]:
     else:
         lines.append(("Created", "unknown"))
     lines.append(("Cells", str(rows["cell_id"].nunique())))
+    superseded = int(rows.attrs.get("superseded_cells", 0))
+    if superseded:
+        lines.append(("Superseded cells", f"{superseded} older evaluation(s) of an entry and seed shown here, "
+                                          "kept in the store, not on the board"))
     return lines
 
 

@@ -35,6 +35,7 @@ from .tables import (
     board_keys,
     cell_table,
     leaderboard_columns,
+    ranking_key,
     summarise,
 )
 
@@ -88,19 +89,22 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
     boards = []
     for key in board_keys(frame):
         rows = _board_rows(frame, key)
-        table, value_columns = cell_table(rows)
+        table, value_columns = cell_table(rows, telemetry)
         # The audit columns appear once any cell is audited, and always beside a plugin: a plugin
         # submitted with --no-audit must read "UNAUDITED plugin", not simply lack the column.
-        audited = bool((rows["attack"] == "audit").any() or rows["is_plugin"].any())
-        columns = leaderboard_columns(value_columns, audited=audited)
+        legacy_audit = bool(table.get("audit:ERS:strong:RobRank", pd.Series(dtype=float)).notna().any())
+        audited = bool(((rows["attack"] == "audit").any() and not legacy_audit)
+                       or table.get("audit:ERS:strong", pd.Series(dtype=float)).notna().any()
+                       or rows["is_plugin"].any())
+        columns = leaderboard_columns(value_columns, audited=audited, legacy_audit=legacy_audit)
         summaries = summarise(table, columns)
         split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)
         board = Board(key, columns, _table_rows(summaries, columns), protocol_lines(rows, key, split),
                       provenance_lines(rows), seeds=[int(s) for s in _unique(rows, "seed")],
                       split_description=split, faithful=bool(rows["faithful"].all()),
-                      replication=replication(summaries), activity=colo_activity(summaries),
+                      replication=replication(summaries, ranking_key(summaries)), activity=colo_activity(summaries),
                       activity_columns=[label for _, label in ACTIVITY_COLUMNS] + ["max clean C"],
-                      audited=audited)
+                      audited=audited or legacy_audit, ranked_by=ranking_key(summaries))
         if plots:
             figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries, columns),
                        plot_training_curves(telemetry, summaries)]

@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..deployment import BREAK_POINTS
 from ..errors import BenchmarkError
 from ..schema import ALL_COLUMNS
-from ..scores import ERS_KEYS
+from ..scores import RANKED_SCORE, ROBRANK_SCORE, SCORED_KEYS
+from ..shrinkage import SHRUNK_FRACTION
+from ..telemetry import training_summary
 from .model import AUDIT_CHECKS, BoardKey, Cell, Column, Row
 
 # Row groups that are not attacks (``attack`` column values).
@@ -73,7 +76,26 @@ def _board_rows(frame: pd.DataFrame, key: BoardKey) -> pd.DataFrame:
     mask = ((frame["dataset"] == key.dataset) & (frame["preset"] == key.preset)
             & (frame["preset_version"] == key.preset_version)
             & (frame["profile"] == key.profile) & (frame["profile_version"] == key.profile_version))
-    return frame[mask]
+    return latest_cells(frame[mask])
+
+
+def latest_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """Keep, for each (entry, seed), only the most recently created cell.
+
+    A changed built-in or scoring version gives a new cell id (never an overwrite), so a store can
+    hold an older evaluation of the same model beside the new one; counting both would show one
+    seed as two. The older cells (and their audits) are left in the store, not on the board:
+    ``superseded_cells`` counts them.
+    """
+    if rows.empty or "created_at" not in rows.columns:
+        return rows
+    own = rows[rows["attack"] != "audit"] if "attack" in rows.columns else rows
+    per_cell = own.groupby("cell_id").agg(entry=("entry", "first"), seed=("seed", "first"),
+                                         created=("created_at", "max"))
+    newest = per_cell.sort_values("created").groupby(["entry", "seed"]).tail(1).index
+    kept = rows[rows["cell_id"].isin(set(newest))]
+    kept.attrs["superseded_cells"] = int(len(per_cell) - len(newest))
+    return kept
 
 
 def _first_text(values: pd.Series, default: str = "") -> str:
@@ -104,7 +126,7 @@ def attack_columns(adversarial: pd.DataFrame) -> list[Column]:
         direction = _first_text(group["direction"])
         decimals = pd.to_numeric(group["decimals"], errors="coerce").dropna()
         meaning = _first_text(group["meaning"], f"{attack}: {metric}")
-        in_ers = (not plugin) and metric in ERS_KEYS
+        in_ers = (not plugin) and metric in SCORED_KEYS
         pairs.append((str(attack), str(metric), bool(plugin), label, direction,
                       int(decimals.iloc[0]) if len(decimals) else 2, meaning, in_ers))
     label_count: dict[str, int] = {}
@@ -121,17 +143,85 @@ def attack_columns(adversarial: pd.DataFrame) -> list[Column]:
             title += " (not part of ERS/ARS)"
         key = metric if in_ers else f"{attack}:{metric}"
         columns.append(Column(key, label + arrow, decimals, 1.0, title, "attack" if in_ers else "plugin"))
-    ers_order = {key: i for i, key in enumerate(ERS_KEYS)}
+    ers_order = {key: i for i, key in enumerate(SCORED_KEYS)}
     return sorted(columns, key=lambda c: (c.group != "attack", ers_order.get(c.key, 0), c.label))
 
 
-def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
+def _training_from_telemetry(telemetry: pd.DataFrame | None, cell_ids: pd.Index) -> pd.DataFrame:
+    """``training:*`` numbers recomputed from the per-step telemetry of each cell, so that cells
+    stored before a summary number existed still show it (the rows win where both exist)."""
+    if telemetry is None or telemetry.empty or "cell_id" not in telemetry.columns:
+        return pd.DataFrame(index=cell_ids)
+    wanted = telemetry[telemetry["cell_id"].astype(str).isin(set(map(str, cell_ids)))]
+    meta = {"cell_id", "dataset", "defense", "entry", "seed", "preset"}
+    out = {}
+    for cell_id, group in wanted.groupby("cell_id", sort=False):
+        group = group.sort_values("step") if "step" in group.columns else group
+        records = [{k: v for k, v in record.items() if k not in meta and v == v}  # drop NaN (other defenses' extras)
+                   for record in group.to_dict("records")]
+        out[str(cell_id)] = {f"training:{k}": v for k, v in training_summary(records).items()}
+    return pd.DataFrame.from_dict(out, orient="index").reindex(cell_ids)
+
+
+# Score and audit numbers that a cell stored before the ranked (scale-free) ERS existed carry
+# RobRank's definition under the plain names: they are moved to the RobRank columns.
+_LEGACY_RENAMES = {RANKED_SCORE: ROBRANK_SCORE, "audit:ERS:strong": "audit:ERS:strong:RobRank",
+                   "audit:drop": "audit:drop:RobRank"}
+
+
+def _move_legacy_scores(table: pd.DataFrame) -> pd.DataFrame:
+    if RANKED_SCORE not in table.columns:
+        return table
+    if ROBRANK_SCORE not in table.columns:
+        table[ROBRANK_SCORE] = np.nan
+    legacy = table[ROBRANK_SCORE].isna() & table[RANKED_SCORE].notna()
+    if not legacy.any():
+        return table
+    for old, new in _LEGACY_RENAMES.items():
+        if old not in table.columns:
+            continue
+        if new not in table.columns:
+            table[new] = np.nan
+        table.loc[legacy, new] = table.loc[legacy, old]
+        table.loc[legacy, old] = np.nan
+    # every other audit number of a legacy audit is in RobRank's units too: not comparable
+    for column in [c for c in table.columns if str(c).startswith("audit:ERS:") and not str(c).endswith("RobRank")]:
+        table.loc[legacy, column] = np.nan
+    return table
+
+
+def _geometry(table: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: spread relative to natural training (same seed), and the shrunk, entangled and
+    index-breaks verdicts (1/0, NaN when unknown)."""
+    def nt_ratio(column: str) -> pd.Series:
+        if column not in table.columns:
+            return pd.Series(np.nan, index=table.index)
+        natural = table[table["entry"] == "nt"].groupby("seed")[column].mean()
+        reference = table["seed"].map(natural)
+        return table[column] / reference.where(reference > 0)
+
+    gallery, training = nt_ratio("spread:mean_distance"), nt_ratio("training:end_mean_distance")
+    table["spread_vs_nt"] = gallery.where(gallery.notna(), training)
+    table["shrunk"] = np.where(table["spread_vs_nt"].notna(), (table["spread_vs_nt"] < SHRUNK_FRACTION).astype(float),
+                               np.nan)
+    table["entangled"] = table["training:entangled"] if "training:entangled" in table.columns else np.nan
+    if "R@1:faiss-f32" in table.columns and "R@1" in table.columns:
+        loss = 100.0 * (table["R@1"] - table["R@1:faiss-f32"])
+        table["index_breaks"] = np.where(loss.notna(), (loss > BREAK_POINTS).astype(float), np.nan)
+    else:
+        table["index_breaks"] = np.nan
+    return table
+
+
+def cell_table(rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[Column]]:
     """One row per matrix cell (one trained model): every number the leaderboard aggregates.
 
     Returns the table (index ``cell_id``) and the attack-value columns described by the rows
     (:func:`attack_columns`). Attack values are the ``adversarial`` variant; values outside ERS
     (plugin attacks) get columns keyed ``attack:metric`` and never feed ERS/ARS (those come from
-    the stored ``score`` rows).
+    the stored ``score`` rows). ``training:*`` numbers missing from the rows are recomputed from
+    ``telemetry``; a cell stored before the ranked ERS existed has its ERS moved to the RobRank
+    column; ``spread_vs_nt``, ``shrunk``, ``entangled`` and ``index_breaks`` are added per cell.
     """
     first = rows.groupby("cell_id", sort=True).first()
     info_columns = [c for c in ("entry", "seed", "defense", "defense_params", "is_plugin", "plugin_hash",
@@ -152,7 +242,7 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
     attack_rows = rows[~rows["attack"].isin(NON_ATTACK_GROUPS)]
     adversarial = attack_rows[attack_rows["variant"] == "adversarial"]
     columns = attack_columns(adversarial)
-    in_ers = ~adversarial["attack_plugin"] & adversarial["metric"].isin(ERS_KEYS)
+    in_ers = ~adversarial["attack_plugin"] & adversarial["metric"].isin(SCORED_KEYS)
     keys = pd.Series(np.where(in_ers, adversarial["metric"].astype(str),
                               adversarial["attack"].astype(str) + ":" + adversarial["metric"].astype(str)),
                      index=adversarial.index, dtype=object)
@@ -161,6 +251,13 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
              pivot(audit, "audit:" + audit["metric"].astype(str))]
     for part in parts:
         table = table.join(part, how="left", rsuffix="_dup")
+    from_telemetry = _training_from_telemetry(telemetry, table.index)
+    for column in from_telemetry.columns:
+        if column not in table.columns:
+            table[column] = from_telemetry[column]
+        else:
+            table[column] = table[column].where(table[column].notna(), from_telemetry[column])
+    table = _geometry(_move_legacy_scores(table))
     # Attack time: each attack's seconds are repeated on its metric rows, so count each attack once.
     if "attack_seconds" in attack_rows.columns and not attack_rows.empty:
         per_attack = attack_rows.groupby(["cell_id", "attack"])["attack_seconds"].first()
@@ -170,17 +267,26 @@ def cell_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
     return table, columns
 
 
-def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, audited: bool = False) -> list[Column]:
-    """The numeric columns in page order (Entry, Seeds, Collapsed and Kind are added around them).
+def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, audited: bool = False,
+                        legacy_audit: bool = False) -> list[Column]:
+    """The numeric columns in page order (Entry, Seeds, Shrunk, Entangled and Kind are added around them).
 
-    Headline first: ERS (the ranking key), ARS and R@1 right after the entry name; then the other
-    benign metrics, the attack values as the rows describe them (:func:`attack_columns`), WHM and
-    the cost columns. A bare string is an attack value column with that key and label.
+    Headline first: ERS (the ranking key, scale-free), ERS under RobRank's definitions, ARS, R@1 and
+    the R@1 a float32 faiss index returns right after the entry name; then the audit, the spread
+    relative to natural training, the other benign metrics, the attack values as the rows
+    describe them (:func:`attack_columns`), WHM and the cost columns. A bare string is an attack
+    value column with that key and label. ``legacy_audit`` adds the strong ERS of audits stored
+    before the ranked ERS existed (RobRank's definition).
     """
     columns = [
-        Column("ERS", "ERS", 1, 1.0, "Empirical Robustness Score, 0–100 (the ranking key)", "score"),
+        Column(RANKED_SCORE, "ERS", 1, 1.0, "Empirical Robustness Score, 0–100, scale-free: TMA centred on the clean "
+               "gallery and ES:D relative to its spread (the ranking key)", "score"),
+        Column(ROBRANK_SCORE, "ERS (RobRank)", 1, 1.0, "ERS exactly as RobRank defines it (raw TMA cosine, absolute "
+               "ES:D), for comparison with published numbers; rewards embeddings shrunk into a tiny cap", "score"),
         Column("ARS", "ARS", 1, 1.0, "Adversarial Resistance Score averaged over 8 attacks, 0–100", "score"),
         Column("R@1", "R@1", 1, 100.0, "Recall@1 on the test split, %", "benign"),
+        Column("R@1:faiss-f32", "R@1 f32 index", 1, 100.0, "Recall@1 as a float32 faiss IndexFlatL2 returns it for a "
+               "batch search of every test query (what a deployment gets), %", "benign"),
     ]
     if audited:
         columns += [
@@ -189,7 +295,16 @@ def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, au
             Column("audit:drop", "Drop", 1, 1.0, "standard ERS − strong ERS (how much a stronger attack takes away)",
                    "score"),
         ]
+    if legacy_audit:
+        columns += [
+            Column("audit:ERS:strong:RobRank", "Strong ERS (RobRank)", 1, 1.0, "strong ERS of an audit stored before "
+                   "the scale-free ERS existed, under RobRank's definitions", "score"),
+            Column("audit:drop:RobRank", "Drop (RobRank)", 1, 1.0, "ERS (RobRank) − Strong ERS (RobRank)", "score"),
+        ]
     columns += [
+        Column("spread_vs_nt", "Spread % NT", 2, 100.0, "mean pairwise distance of the clean test gallery relative "
+               "to natural training's (same seed), % (from the last quarter of training batches where the cell "
+               f"predates the gallery measurement); below {100 * SHRUNK_FRACTION:.0f} % the entry is shrunk", "benign"),
         Column("R@2", "R@2", 1, 100.0, "Recall@2 on the test split, %", "benign"),
         Column("mAP", "mAP", 1, 100.0, "mean average precision on the test split, %", "benign"),
         Column("NMI", "NMI", 1, 100.0, "normalised mutual information of k-means clusters, %", "benign"),
@@ -198,13 +313,15 @@ def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, au
         columns.append(column if isinstance(column, Column)
                        else Column(column, column, 2, 1.0, f"{column} (not part of ERS/ARS)", "plugin"))
     columns += [
+        Column("R@1:faiss-f16", "R@1 f16 index", 1, 100.0, "Recall@1 from a faiss index storing float16 "
+               "(IndexScalarQuantizer QT_fp16, L2), batch search, %", "benign"),
         Column("WHM", "WHM", 1, 100.0, "weighted harmonic mean of train and test R@1, %", "score"),
         Column("train_pgd_steps", "PGD steps", 0, 1.0, "PGD steps per training batch", "cost", zero_std=False),
         Column("train_seconds", "Train s", 1, 1.0, "training wall time, seconds", "cost"),
         Column("attack_time", "Attack s", 1, 1.0, "sum of the attacks' wall times, seconds", "cost"),
         Column("eval_seconds", "Eval s", 1, 1.0, "evaluation wall time (gallery, benign metrics, attacks), s", "cost"),
     ]
-    if audited:
+    if audited or legacy_audit:
         columns.append(Column("audit:audit_seconds", "Audit s", 1, 1.0,
                               "wall time of the attack-strength audit (loading or retraining the model not counted), s",
                               "cost"))
@@ -257,7 +374,8 @@ def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySumma
     """
     summaries = []
     keys = [c.key for c in columns]
-    keys += [c for c in table.columns if str(c).startswith(("training:", "audit:")) and c not in keys]
+    keys += [c for c in table.columns if str(c).startswith(("training:", "audit:", "spread:", "R@1:")) and c not in keys]
+    keys += [c for c in VERDICT_KEYS if c not in keys]
     for entry, group in table.groupby("entry", sort=True):
         values = group.reindex(columns=keys).apply(pd.to_numeric, errors="coerce").astype(float)
         hashes = sorted({str(h) for h in group.get("plugin_hash", pd.Series(dtype=str)).fillna("") if str(h)})
@@ -274,11 +392,29 @@ def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySumma
             values={k: [float(v) for v in values[k]] for k in keys},
         ))
 
+    key = ranking_key(summaries)
+
     def order(s: EntrySummary) -> tuple[float, float, str]:
-        ers, r1 = s.mean.get("ERS", math.nan), s.mean.get("R@1", math.nan)
+        ers, r1 = s.mean.get(key, math.nan), s.mean.get("R@1", math.nan)
         return (-ers if math.isfinite(ers) else math.inf, -r1 if math.isfinite(r1) else math.inf, s.entry)
 
     return sorted(summaries, key=order)
+
+
+# Per-cell verdicts (1/0/NaN) that the board counts over seeds.
+VERDICT_KEYS = ("shrunk", "entangled", "index_breaks")
+
+
+def ranking_key(summaries: Sequence[EntrySummary]) -> str:
+    """The column a board is ordered by: the ranked ERS (:data:`RANKING_KEY`) when any entry has
+    it, else RobRank's ERS (a store evaluated before the ranked ERS existed)."""
+    if any(math.isfinite(s.mean.get(RANKING_KEY, math.nan)) for s in summaries):
+        return RANKING_KEY
+    return ROBRANK_SCORE
+
+
+# The one place that says what a board ranks by (templates, captions and the sort read it).
+RANKING_KEY = RANKED_SCORE
 
 
 def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) -> list[Row]:
@@ -293,14 +429,29 @@ def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) ->
             if not column.zero_std and std == 0.0:
                 std = math.nan
             cells.append(Cell(format_stat(mean, std, n, decimals, s.n), sort))
-        collapsed = Cell(f"{s.collapsed}/{s.n}", s.collapsed / max(s.n, 1), "warn" if s.collapsed else "")
+        shrunk, entangled = verdict_cell(s, "shrunk"), verdict_cell(s, "entangled")
         if s.is_plugin:
             kind = Cell("plugin " + ", ".join(h[:8] for h in s.plugin_hashes) if s.plugin_hashes else "plugin",
                         "plugin")
         else:
             kind = Cell("built-in", "built-in")
-        rows.append(Row(rank, s.entry, s.defense_params, s.n, cells, collapsed, kind, audit_cell(s)))
+        for column, cell in zip(columns, cells):
+            if column.key == "R@1:faiss-f32" and s.count.get("index_breaks") and s.mean.get("index_breaks", 0) > 0:
+                cell.text += " (breaks)"
+                cell.css = "warn"
+        rows.append(Row(rank, s.entry, s.defense_params, s.n, cells, shrunk, entangled, kind, audit_cell(s)))
     return rows
+
+
+def verdict_cell(s: EntrySummary, key: str) -> Cell:
+    """``k/n`` seeds with the verdict; ``?`` for seeds where it could not be decided (e.g. no NT cell
+    of that seed to compare the spread with)."""
+    known = [v for v in s.values.get(key, []) if math.isfinite(v)]
+    flagged = int(sum(v > 0 for v in known))
+    text = f"{flagged}/{len(known)}" if known else "?"
+    if known and len(known) < s.n:
+        text += f" ({s.n - len(known)} ?)"
+    return Cell(text, flagged / len(known) if known else -1.0, "warn" if flagged else "")
 
 
 def audit_cell(s: EntrySummary) -> Cell:

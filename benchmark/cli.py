@@ -464,10 +464,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     audit = _audit_spec() if args.audit else None
     lines, ids = [], set()
     here, apart = (args.defenses, []) if not args.plugin else _split_for_plugins(args)
-    if apart:
+    if args.plugin:
         from .isolation import plugin_file_hashes, run_apart
 
-        hashes = plugin_file_hashes(args.plugin)
+        hashes = plugin_file_hashes(args.plugin)  # exists, .py, compiles: checked before any work
+        if not apart:
+            print("rrb: note: the --plugin files are not loaded: no defense or attack of this matrix comes from "
+                  "them (name their defenses with --defenses, their attacks with --attacks)", file=sys.stderr)
+    if apart:
         if Path(args.results).exists():
             check_results_dir(args.results)
         request = {"command": "run", "results": args.results,

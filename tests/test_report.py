@@ -208,7 +208,7 @@ def test_rows_are_entries_sorted_by_ers_with_mean_std_and_n(rendered):
     rows = md_table_rows(md)
     header, body = rows[0], rows[1:]
     assert [row[1] for row in body] == ["act", "my-defense(beta=0.7)",
-                                        r"evil(&lt;script&gt;alert(1)&lt;/script&gt;\|x)", "nt"]
+                                        r"evil(&lt;script>alert(1)&lt;/script>\|x)", "nt"]
     assert all(len(row) == len(header) for row in body)
     act = dict(zip(header, body[0]))
     # ERS 40, 42 -> mean 41.0, sample std 1.414; R@1 0.50, 0.52 -> 51.0 ± 1.4 percent.
@@ -261,7 +261,7 @@ def test_script_in_names_is_text_not_markup(rendered):
     assert "<script>alert(1)" not in html
     # The only script element is our own inline one.
     assert html.count("<script>") == 1
-    assert "<script" not in md and "&lt;script&gt;" in md
+    assert "<script" not in md and "&lt;script>" in md
     # The parameter (tooltip) is escaped inside the attribute too.
     assert "&#34;note&#34;: &#34;&lt;script&gt;" in html or "&quot;note&quot;: &quot;&lt;script&gt;" in html
     index = (rendered["out"] / "index.html").read_text()
@@ -270,7 +270,11 @@ def test_script_in_names_is_text_not_markup(rendered):
 
 def test_markdown_escape():
     assert markdown_escape("a|b") == r"a\|b"
-    assert markdown_escape("<b>&") == "&lt;b&gt;&amp;"
+    assert markdown_escape("<b>&") == "&lt;b>&"
+    # ">" reads as itself (issue 25: boards printed "&gt;" literally); an entity is shown, not decoded.
+    assert markdown_escape("COLO-TRIDE > HM") == "COLO-TRIDE > HM"
+    assert markdown_escape("&gt; &#62; a&b") == r"&amp;gt; &amp;\#62; a&b"
+    assert markdown_escape("> quote") == r"\> quote"
     assert markdown_escape("x_y*z`[q]\nnext") == r"x\_y\*z\`\[q\] next"
 
 

@@ -97,7 +97,8 @@ def _where(item: _OmniglotImage) -> str:
 
 
 def _damaged(item: _OmniglotImage, what: str, exc: BaseException) -> BenchmarkError:
-    cause = "not a recognised image file" if "BytesIO" in str(exc) else f"{type(exc).__name__}: {exc}"
+    unidentified = type(exc).__name__ == "UnidentifiedImageError"
+    cause = "not a recognised image file" if unidentified else f"{type(exc).__name__}: {exc}"
     return BenchmarkError(f"dataset 'omniglot': {what} {_where(item)} ({cause}); "
                           f"expected intact PNG images: replace the damaged file (re-download the archive)")
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..scores import ERS_KEYS, ERS_TERMS
 from .model import Column, Figure
-from .tables import EntrySummary, pareto_front
+from .tables import EntrySummary, pareto_front, ranking_key
 
 
 def _pyplot():
@@ -52,7 +52,8 @@ def _finite(*values: float) -> bool:
 
 
 def plot_ers_vs_r1(summaries: Sequence[EntrySummary]) -> Figure:
-    points = [(s.mean["R@1"] * 100, s.mean["ERS"]) for s in summaries]
+    key = ranking_key(summaries)  # the ranked ERS, or RobRank's on a store from before it
+    points = [(s.mean["R@1"] * 100, s.mean.get(key, math.nan)) for s in summaries]
     usable = [i for i, p in enumerate(points) if _finite(*p)]
     front = [usable[i] for i in pareto_front([points[i] for i in usable])]
     names = ", ".join(summaries[i].entry for i in sorted(front, key=lambda i: points[i][0]))
@@ -61,13 +62,13 @@ def plot_ers_vs_r1(summaries: Sequence[EntrySummary]) -> Figure:
     if not usable:
         return Figure("ers-r1", "Robustness vs benign quality", caption, None)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.4, 4.4))
     colors = _colors(len(summaries))
     for i in usable:
         s = summaries[i]
         ax.errorbar(points[i][0], points[i][1], xerr=np.nan_to_num(s.std["R@1"] * 100),
-                    yerr=np.nan_to_num(s.std["ERS"]), fmt="o", color=colors[i], ms=6, capsize=2, label=_label(s.entry))
-        ax.annotate(_label(s.entry), points[i], textcoords="offset points", xytext=(5, 4), fontsize=7)
+                    yerr=np.nan_to_num(s.std.get(key, math.nan)), fmt="o", color=colors[i], ms=6, capsize=2,
+                    label=_label(s.entry))
     if front:
         ordered = sorted(front, key=lambda i: points[i][0])
         ax.step([points[i][0] for i in ordered], [points[i][1] for i in ordered], where="post",
@@ -75,30 +76,86 @@ def plot_ers_vs_r1(summaries: Sequence[EntrySummary]) -> Figure:
         ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160, facecolors="none",
                    edgecolors="black", lw=1.2, label="Pareto front", zorder=3)
     ax.set_xlabel("benign R@1 (%)")
-    ax.set_ylabel("ERS")
+    ax.set_ylabel(_score_label(key))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _place_labels(fig, ax, [(points[i], _label(summaries[i].entry), colors[i]) for i in usable])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return Figure("ers-r1", "Robustness vs benign quality", caption, _png(fig))
 
 
 def plot_ers_vs_cost(summaries: Sequence[EntrySummary]) -> Figure:
     caption = "ERS against training wall time (log scale; mean over seeds). Up and to the left is cheaper robustness."
-    points = [(s.mean["train_seconds"], s.mean["ERS"]) for s in summaries]
+    key = ranking_key(summaries)
+    points = [(s.mean["train_seconds"], s.mean.get(key, math.nan)) for s in summaries]
     usable = [i for i, (x, y) in enumerate(points) if _finite(x, y) and x > 0]
     if not usable:
         return Figure("ers-cost", "Robustness vs training cost", caption, None)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.4, 4.4))
     colors = _colors(len(summaries))
     for i in usable:
         ax.scatter(*points[i], color=colors[i], s=36, label=_label(summaries[i].entry))
-        ax.annotate(_label(summaries[i].entry), points[i], textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
+    _log_seconds_axis(ax, [points[i][0] for i in usable])
     ax.set_xlabel("training time (s, log scale)")
-    ax.set_ylabel("ERS")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.set_ylabel(_score_label(key))
+    ax.grid(alpha=0.3, which="major")
+    ys = [points[i][1] for i in usable]
+    pad = max(2.0, 0.08 * (max(ys) - min(ys)))
+    ax.set_ylim(min(ys) - pad, max(ys) + 3 * pad)  # room above the points for their labels
+    _place_labels(fig, ax, [(points[i], _label(summaries[i].entry), colors[i]) for i in usable])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return Figure("ers-cost", "Robustness vs training cost", caption, _png(fig))
+
+
+def _score_label(key: str) -> str:
+    return "ERS" if key == "ERS" else f"ERS ({key.split(':', 1)[-1]})"
+
+
+def _log_seconds_axis(ax: Any, xs: Sequence[float]) -> None:
+    """Major ticks at 1, 2, 5 x 10^k seconds inside the data range, labelled as plain numbers; no
+    labels on minor ticks (matplotlib's default labels them too on a short log range, where they run
+    together)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    low, high = min(xs) / 1.25, max(xs) * 1.25
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5) if low <= m * 10.0 ** k <= high]
+    if len(ticks) > 7:
+        ticks = [t for t in ticks if round(t / 10 ** math.floor(math.log10(t))) == 1] or ticks
+    if len(ticks) < 2:
+        ticks = [low * 1.05, high / 1.05]
+    ax.set_xlim(low, high)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _place_labels(fig: Any, ax: Any, items: Sequence[tuple[tuple[float, float], str, Any]],
+                  fontsize: float = 7.0) -> None:
+    """Label each point without labels overlapping: each label starts just above-right of its point
+    and moves up (then down) in steps of one text line until its box is free; a moved label gets a
+    thin leader line to its point."""
+    fig.canvas.draw()
+    to_display = ax.transData.transform
+    k = fig.dpi / 72  # pixels per point
+    line, char = fontsize * 1.25, fontsize * 0.55  # one text line and one character, in points
+    placed: list[tuple[float, float, float, float]] = []  # label boxes, in points from the origin
+    order = sorted(range(len(items)), key=lambda i: (-items[i][0][1], items[i][0][0]))
+    for i in order:
+        (x, y), text, color = items[i]
+        px, py = (v / k for v in to_display((x, y)))
+        width = char * len(text)
+        step, box = 0, (px + 5, py + 4, px + 5 + width, py + 4 + line)
+        for candidate in [0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8]:
+            trial = (px + 5, py + 4 + candidate * line, px + 5 + width, py + 4 + (candidate + 1) * line)
+            if not any(trial[0] < b[2] and b[0] < trial[2] and trial[1] < b[3] and b[1] < trial[3] for b in placed):
+                step, box = candidate, trial
+                break
+        placed.append(box)
+        arrow = dict(arrowstyle="-", color=color, lw=0.5, alpha=0.7) if step else None
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4 + step * line), fontsize=fontsize,
+                    arrowprops=arrow)
 
 
 def plot_attack_bars(summaries: Sequence[EntrySummary], columns: Sequence[Column] = ()) -> Figure:

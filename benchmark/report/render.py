@@ -1,8 +1,8 @@
 """Rendering: the jinja2 templates over :class:`~benchmark.report.tables.Board` data, and the entry points.
 
-HTML is rendered with autoescape on; Markdown escapes every value it prints (``|``, ``<``, ``>``,
-``&`` and the inline markup characters), so a defense or parameter named ``<script>...`` is shown
-as text on both. Rendering is deterministic: the same store gives the same bytes (no "generated
+HTML is rendered with autoescape on; Markdown escapes every value it prints (``|``, ``<``, an ``&``
+that would start an entity, and the inline markup characters; see :func:`markdown_escape`), so a
+defense or parameter named ``<script>...`` is shown as text on both. Rendering is deterministic: the same store gives the same bytes (no "generated
 at" clock time; the page shows the created-at range of the rows instead).
 """
 
@@ -44,20 +44,24 @@ TEMPLATE_DIR = PACKAGE_DIR / "templates"
 STATIC_DIR = PACKAGE_DIR / "static"
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+_MD_ENTITY = re.compile(r"&(#[0-9]+;|#[xX][0-9a-fA-F]+;|[A-Za-z][A-Za-z0-9]*;)")
 
 
 def markdown_escape(value: Any) -> str:
     """Text safe inside a Markdown table cell: markup characters backslash-escaped, HTML made inert.
 
-    ``<``, ``>`` and ``&`` become entities (so raw HTML never reaches a renderer that passes it
-    through), ``|`` cannot end a cell, and line breaks become spaces.
+    ``<`` becomes ``&lt;`` (so no raw HTML tag can start), and ``&`` becomes ``&amp;`` only where it
+    would start an entity; ``>`` stays as it is (it opens nothing mid-line; a leading one, which
+    would open a block quote, is backslash-escaped), so "a > b" reads the same raw and rendered.
+    ``|`` cannot end a cell, and line breaks become spaces.
     """
     if isinstance(value, Markup):
         return str(value)
     text = "" if value is None else str(value)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_ENTITY.sub(r"&amp;\1", text).replace("<", "&lt;")
     text = _MD_SPECIAL.sub(r"\\\1", text)
-    return re.sub(r"[\r\n]+", " ", text)
+    text = re.sub(r"[\r\n]+", " ", text)
+    return "\\" + text if text.startswith(">") else text
 
 
 def _environment(kind: str) -> Environment:

@@ -47,6 +47,8 @@ from .errors import BenchmarkError
 REQUEST_FORMAT = 1
 # Names in a results directory that change while rrb works and say nothing about the rows.
 _TRANSIENT_SUFFIXES = (".lock", ".break", ".tmp")
+_TRANSIENT_PREFIXES = (".rrb-write-probe.",)  # benchmark.store.check_results_dir's probe
+SCRATCH_PREFIX = ".rrb-plugin-run-"
 
 
 @dataclass
@@ -92,16 +94,22 @@ def _snapshot(results: Path) -> dict[str, str]:
         return out
     for path in results.rglob("*"):
         rel = path.relative_to(results)
-        if rel.parts[0] == "checkpoints" or not path.is_file() or path.is_symlink():
+        if rel.parts[0] == "checkpoints" or rel.parts[0].startswith(SCRATCH_PREFIX):
             continue
-        if path.name.endswith(_TRANSIENT_SUFFIXES):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.name.endswith(_TRANSIENT_SUFFIXES) or path.name.startswith(_TRANSIENT_PREFIXES):
             continue
         out[rel.as_posix()] = store.sha256_file(path)
     return out
 
 
-def _prepare_scratch(results: Path) -> Path:
-    scratch = Path(tempfile.mkdtemp(prefix="rrb-plugin-run-"))
+def _prepare_scratch(results: Path, inside: bool) -> Path:
+    """The child's results directory: in the system temp folder, or (``inside``, for Dask workers on
+    other hosts, which see the results directory) a hidden folder inside the results directory."""
+    if inside:
+        results.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=results if inside else None))
     for folder in store.STORE_FOLDERS:
         source = results / folder
         if source.is_dir():
@@ -170,7 +178,7 @@ def _restore(results: Path, scratch_backup: Path, before: dict[str, str]) -> lis
     # Empty folders the child created are part of "byte-identical": remove them (deepest first).
     for folder in sorted((p for p in results.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         rel = folder.relative_to(results).as_posix()
-        if rel.split("/")[0] == "checkpoints" or any(n == rel or n.startswith(rel + "/") for n in before):
+        if rel.split("/")[0] == "checkpoints" or rel.startswith(SCRATCH_PREFIX) or any(n == rel or n.startswith(rel + "/") for n in before):
             continue
         try:
             folder.rmdir()
@@ -185,7 +193,7 @@ def run_apart(request: dict[str, Any], results_dir: str | os.PathLike, plugin_ha
     results = Path(results_dir).expanduser()
     results_existed = results.exists()
     before = _snapshot(results)
-    scratch = _prepare_scratch(results)
+    scratch = _prepare_scratch(results, inside=bool(request.get("matrix", {}).get("scheduler")))
     backup = Path(tempfile.mkdtemp(prefix="rrb-plugin-backup-"))
     try:
         for folder in store.STORE_FOLDERS:  # the copy the child never sees: what _restore puts back
@@ -210,6 +218,11 @@ def run_apart(request: dict[str, Any], results_dir: str | os.PathLike, plugin_ha
         names = ", ".join(sorted(plugin_hashes)) or "the plugin"
         if changed:
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            try:
+                ended = json.loads(outcome_path.read_text()).get("error")
+            except (OSError, ValueError, AttributeError):
+                ended = None
+            shown += f" (the run then stopped: {ended})" if ended else ""
             raise BenchmarkError(f"plugin code ({names}) changed the results directory {str(results)!r} while it "
                                  f"ran: {shown}; put back as it was (added files removed), nothing from this run "
                                  "was stored. A plugin may write only through rrb (see README: trust model)")

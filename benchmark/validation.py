@@ -88,6 +88,7 @@ def validate_defense(file_or_name: str, *, seed: int = 0) -> ValidatedPlugin:
     except Exception as exc:  # a plugin can break in ways the checks do not foresee
         restore_registries(snapshot)
         raise BenchmarkError(f"plugin {file_or_name!r} failed validation: {type(exc).__name__}: {exc}") from None
+    _CHECKED.add(("defense", entry.name, entry.source_hash))  # the matrix need not check it again
     return ValidatedPlugin(entry, path, *result)
 
 

@@ -98,7 +98,8 @@ def _where(item: _OmniglotImage) -> str:
 
 def _damaged(item: _OmniglotImage, what: str, exc: BaseException) -> BenchmarkError:
     unidentified = type(exc).__name__ == "UnidentifiedImageError"
-    cause = "not a recognised image file" if unidentified else f"{type(exc).__name__}: {exc}"
+    kind = "corrupt compressed data" if isinstance(exc, zlib.error) else type(exc).__name__
+    cause = "not a recognised image file" if unidentified else f"{kind}: {exc}"
     return BenchmarkError(f"dataset 'omniglot': {what} {_where(item)} ({cause}); "
                           f"expected intact PNG images: replace the damaged file (re-download the archive)")
 

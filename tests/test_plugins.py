@@ -128,6 +128,16 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def store_manifest(results: Path) -> dict[str, str]:
+    from benchmark.store import read_manifest
+
+    return read_manifest(results)
+
+
+def store_manifest_text(data: bytes) -> dict[str, str]:
+    return dict(reversed(line.split("  ", 1)) for line in data.decode().splitlines() if line)
+
+
 def board_row(out: Path, entry: str) -> str:
     """The Markdown leaderboard's table row of one entry."""
     board = (out / "digits-smoke-rob28-v1.md").read_text()
@@ -246,7 +256,9 @@ def test_submit_plugin_file(submitted):
     assert f"plugin defense '{PLUGIN_NAME}'" in submitted.err and "passed validation" in submitted.err
     _check_submission(submitted.results, submitted.out, source=f"plugin:{EXAMPLE.resolve()}", sha=EXAMPLE_SHA)
     after = tree(submitted.results)
-    assert all(after.get(path) == data for path, data in submitted.before.items())  # existing rows untouched
+    # Existing rows untouched (the manifest gains the new files' hashes, and keeps the old ones).
+    assert all(after.get(path) == data for path, data in submitted.before.items() if path != "MANIFEST.sha256")
+    assert store_manifest(submitted.results).items() >= store_manifest_text(submitted.before["MANIFEST.sha256"]).items()
     assert any(path.startswith("cells/digits/") for path in set(after) - set(submitted.before))
     board = (submitted.out / "digits-smoke-rob28-v1.html").read_text()
     assert ">nt</td>" in board and 'data-sort="built-in">built-in' in board  # ranked beside the built-in

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import BenchmarkError
+from .stopping import handle_stop_signals
 
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
@@ -198,25 +199,6 @@ def _matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_threads, default=None,
                    help=f"LocalCluster worker processes, 1 to {MAX_THREADS} (default 2)")
     _common(p)
-
-
-def handle_stop_signals() -> None:
-    """Let SIGTERM and SIGINT stop a command the way Ctrl-C in a terminal does: as a
-    KeyboardInterrupt, so the cell in flight releases its lock and finished cells are kept.
-    SIGINT is reset as well, because a shell without job control starts background commands with
-    SIGINT ignored (``kill -INT`` would otherwise do nothing). Only for real command lines, in the
-    main thread."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -571,14 +553,6 @@ def _audit_spec():
     return AuditSpec()
 
 
-def _validation_line(checked) -> str:
-    entry = checked.entry
-    origin = f"file {checked.path}" if checked.path is not None else f"installed package ({entry.source})"
-    return (f"rrb: plugin defense {entry.name!r} from {origin} passed validation (one step: loss {checked.loss:.4f}, "
-            f"{checked.pgd_steps} PGD steps per batch, {'perturbs' if checked.perturbs else 'no perturbation'}"
-            f"{', sha256 ' + entry.source_hash[:12] if entry.source_hash else ''})")
-
-
 def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, plugins: list[str], *, audit) -> dict:
     """The run_matrix arguments a child process (benchmark.isolation) runs."""
     from .isolation import audit_spec_dict
@@ -636,7 +610,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _load_plugins(args.plugin)
         checked = validate_defense(args.plugin_file_or_name, seed=args.seeds[0])
         name = checked.entry.name
-        print(_validation_line(checked), file=sys.stderr)
+        print(checked.describe(), file=sys.stderr)
         check_results_dir(args.results)
         try:
             summary = run_matrix(args.datasets, [name], args.seeds, preset=args.preset, profile=args.profile,

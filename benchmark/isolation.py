@@ -395,8 +395,8 @@ def _child_main(request_path: str) -> int:
 
 
 def _child_run(request: dict[str, Any]) -> dict[str, Any]:
-    from .cli import _validation_line, handle_stop_signals
     from .matrix import run_matrix
+    from .stopping import handle_stop_signals
 
     handle_stop_signals()
     matrix = dict(request["matrix"])
@@ -413,7 +413,7 @@ def _child_run(request: dict[str, Any]) -> dict[str, Any]:
         load_plugins(request.get("extra_plugins", []))
         checked = validate_defense(request["plugin"], seed=matrix["seeds"][0])
         entry_name = checked.entry.name
-        print(_validation_line(checked), file=sys.stderr)
+        print(checked.describe(), file=sys.stderr)
         if audit is not None:
             print("rrb: its cells are audited after they run (at --preset smoke that is most of the submission's "
                   "time; --no-audit skips it and the board marks the entry UNAUDITED)", file=sys.stderr)

@@ -15,13 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import lock_path
-
 log = logging.getLogger(__name__)
 
 # A lock file that stays empty or unparseable this long was left by a process killed between
 # creating and writing it (a window of microseconds), so it may be broken.
 UNREADABLE_LOCK_GRACE_S = 60.0
+
+
+def lock_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
+    """``cells/<dataset>/<cell_id>.lock`` (an audit's: its audit id) beside the cell's file."""
+    return Path(results_dir) / "cells" / dataset / f"{cell_id}.lock"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_write, temp_prefix
 from .errors import BenchmarkError
+from .locks import lock_path, wait_for_lock  # noqa: F401 (lock_path: part of the store's layout)
 from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def telemetry_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -
     return Path(results_dir) / TELEMETRY_DIR / dataset / f"{cell_id}.parquet"
 
 
-def lock_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
-    return Path(results_dir) / CELLS_DIR / dataset / f"{cell_id}.lock"
 
 
 def check_results_dir(results_dir: str | os.PathLike, *, create: bool = True) -> Path:
@@ -253,8 +252,6 @@ class manifest_lock:
         self.path = Path(results_dir) / MANIFEST_LOCK
 
     def __enter__(self) -> manifest_lock:
-        from .locks import wait_for_lock
-
         self.lock = wait_for_lock(self.path)
         return self
 

@@ -38,6 +38,15 @@ class ValidatedPlugin:
     pgd_steps: int
     perturbs: bool
 
+    def describe(self) -> str:
+        """The line rrb submit prints once the plugin passed."""
+        entry = self.entry
+        origin = f"file {self.path}" if self.path is not None else f"installed package ({entry.source})"
+        return (f"rrb: plugin defense {entry.name!r} from {origin} passed validation (one step: loss "
+                f"{self.loss:.4f}, {self.pgd_steps} PGD steps per batch, "
+                f"{'perturbs' if self.perturbs else 'no perturbation'}"
+                f"{', sha256 ' + entry.source_hash[:12] if entry.source_hash else ''})")
+
 
 def load_defense_plugin(file_or_name: str) -> tuple[Entry, Path | None]:
     """Import a plugin file (registering what it holds) or find an installed plugin by name.

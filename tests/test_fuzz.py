@@ -341,11 +341,9 @@ def test_stale_manifest_lock_is_broken(small_store, capsys):
 
 
 def test_live_manifest_lock_is_named_after_the_timeout(small_store, monkeypatch, capsys):
-    from benchmark import locks
-
     lock = small_store / store.MANIFEST_LOCK
     lock.write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename, "created": time.time()}))
-    original = locks.wait_for_lock
-    monkeypatch.setattr(locks, "wait_for_lock", lambda path, **kw: original(path, timeout_s=0.2))
+    original = store.wait_for_lock
+    monkeypatch.setattr(store, "wait_for_lock", lambda path, **kw: original(path, timeout_s=0.2))
     line = run_case(["verify", "--results", str(small_store), "--record"], small_store, capsys)
     assert str(lock) in line and "if no rrb process is running, delete it" in line

@@ -3,12 +3,15 @@
 Robustness leaderboards in image classification learned that a defense can look robust only
 because its evaluation was weak (few steps, one start, a fixed step size) or because its
 gradients are masked. The audit re-attacks a trained model, on the same queries with the same
-selections as the standard evaluation, in several stronger ways, and runs three sanity checks
-from the adversarial-evaluation literature (Carlini et al., "On evaluating adversarial
-robustness", 2019; Croce & Hein, "Reliable evaluation ... AutoAttack", 2020):
+selections as the standard evaluation, in several stronger ways, and runs sanity checks from the
+adversarial-evaluation literature (Carlini et al., "On evaluating adversarial robustness", 2019;
+Croce & Hein, "Reliable evaluation ... AutoAttack", 2020). Every run goes through the one attack
+loop of :mod:`attacks.runner` (:func:`~attacks.runner.attack_queries`), the loop the board's
+standard run uses, so the audit's standard run IS the board's.
 
-Strong evaluation, per attack, at the profile's ε; per query and per reported value, the worst
-case (the value most favourable to the attacker, by the value's declared direction) over
+Strong evaluation, per attack, at the profile's ε; per query and per reported value (every key the
+attack lists in ``metrics``, by its declared direction), the worst case (the value most
+favourable to the attacker) over
 
 * the standard run (zero start, the profile's steps and α): the audit never reports weaker
   attacks than the board's;
@@ -17,16 +20,25 @@ case (the value most favourable to the attacker, by the value's declared directi
 * one run with the adaptive, momentum step-size schedule of APGD (:func:`benchmark.pgd.apgd`)
   for ``step_factor``× the steps.
 
-Sanity checks (each pass or flag, from the means of one extra run each):
+Checks (each pass or flag, from the means of one extra run each). Gradient masking (``flagged``):
 
 * **large ε**: at ε = ``large_epsilon`` (the whole pixel range by default) the attacks must
   succeed: ERS ≤ ``large_epsilon_max_ers``;
 * **more steps**: ``step_factor``× the steps must not make the model look more robust: ERS of
   that run ≤ standard ERS + ``tolerance``;
 * **transfer**: attacks crafted on a surrogate (the natural-training model of the same dataset
-  and seed) with the surrogate's own gradients and selections must not beat the white-box
-  attack: transfer ERS ≥ standard ERS − ``tolerance``. A transfer attack stronger than the
-  white-box one means the white-box gradients are uninformative (masked).
+  and seed) with the surrogate's own gradients and selections, scored on the audited model
+  against those same targets, must not beat the white-box attack: transfer ERS ≥ standard ERS −
+  ``tolerance``. A transfer attack stronger than the white-box one means the white-box gradients
+  are uninformative (masked);
+* **gradient-free**: a random search (:mod:`attacks.random_search`, ``random_queries`` model
+  evaluations per batch, no gradient) on the same ranking losses must not find worse cases than
+  the gradient ensemble: the ERS of the per-query worst case over the strong evaluation and the
+  random search ≥ strong ERS − ``tolerance``.
+
+Not masking, but reported beside it (``flag:unconverged``, not part of ``flagged``): when
+``step_factor``× the steps LOWERS ERS by more than ``tolerance``, the RobRank protocol (its fixed
+32 steps) is unreliable for this entry, and its standard ERS overstates the robustness.
 """
 
 from __future__ import annotations
@@ -37,13 +49,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from benchmark.errors import BenchmarkError
-from benchmark.pgd import PGDConfig, apgd, pgd
+from benchmark.pgd import PGDConfig
 
 from .base import Attack, Gallery
-from .runner import attack_generator, derive_seed
+from .runner import AttackOutcome, Run, Surrogate, attack_queries, worse
+
+__all__ = ["AuditReport", "AuditSpec", "STRONG_RUNS", "Surrogate", "audit_runs", "run_audit", "verdicts", "worse"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,9 @@ class AuditSpec:
     step_factor: int = 4
     large_epsilon: float = 1.0
     large_epsilon_max_ers: float = 20.0  # ES:D and TMA keep a few points even when every attack succeeds
-    tolerance: float = 2.0  # ERS points of noise allowed in the more-steps and transfer checks
-    version: int = 1
+    tolerance: float = 2.0  # ERS points of noise allowed in the more-steps, transfer and gradient-free checks
+    random_queries: int = 200  # model evaluations of the gradient-free random search, per batch
+    version: int = 2
 
     def __post_init__(self) -> None:
         if self.restarts < 0 or self.step_factor < 1:
@@ -63,25 +77,38 @@ class AuditSpec:
                                  f"{self.step_factor}")
         if not 0 < self.large_epsilon <= 1:
             raise BenchmarkError(f"audit large_epsilon must be in (0, 1], got {self.large_epsilon}")
+        if self.random_queries < 0:
+            raise BenchmarkError(f"audit random_queries must be ≥ 0 (0: no gradient-free check), "
+                                 f"got {self.random_queries}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass
-class Surrogate:
-    """The model a transfer attack is crafted on, with its own clean gallery of the same test split."""
-
-    model: torch.nn.Module
-    gallery: Gallery
+# The run families the strong value is the worst case of (restarts are "restart:1", "restart:2", ...).
+STRONG_RUNS = ("standard", "restart", "more_steps", "apgd")
 
 
-RUNS = ("standard", "restart", "more_steps", "apgd")  # the runs the strong value is the worst case of
+def audit_runs(config: PGDConfig, spec: AuditSpec, *, transfer: bool) -> tuple[Run, ...]:
+    """Every run of an audit, in the order each batch makes them."""
+    longer = replace(config, steps=config.steps * spec.step_factor)
+    large = PGDConfig(spec.large_epsilon, 2.5 * spec.large_epsilon / max(config.steps, 1), config.steps)
+    runs = [Run("standard", config)]
+    runs += [Run(f"restart:{i + 1}", replace(config, random_start=True), stream="audit-restarts")
+             for i in range(spec.restarts)]
+    runs += [Run("more_steps", longer), Run("apgd", longer, method="apgd"), Run("large_epsilon", large)]
+    if transfer:
+        runs.append(Run("transfer", config, surrogate=True))
+    if spec.random_queries:
+        runs.append(Run("gradient_free", config, method="random_search", stream="audit-random-search",
+                        queries=spec.random_queries))
+    return tuple(runs)
 
 
 @dataclass
 class AuditReport:
-    """Means over queries per value: clean, standard, strong (worst case) and each check's run."""
+    """Means over queries per value: clean, standard, strong (worst case), each check's run, and the
+    worst case of the strong evaluation and the gradient-free run (``with_gradient_free``)."""
 
     before: dict[str, float] = field(default_factory=dict)
     standard: dict[str, float] = field(default_factory=dict)
@@ -89,16 +116,42 @@ class AuditReport:
     more_steps: dict[str, float] = field(default_factory=dict)
     large_epsilon: dict[str, float] = field(default_factory=dict)
     transfer: dict[str, float] = field(default_factory=dict)
+    gradient_free: dict[str, float] = field(default_factory=dict)
+    with_gradient_free: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     # Per value: which run gave the worst case how often (share of queries), for the report.
     worst_from: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def worse(a: torch.Tensor, b: torch.Tensor, higher_is_better: bool | None) -> torch.Tensor:
-    """Elementwise the value more favourable to the attacker (lower when higher means robust)."""
-    if higher_is_better is None:
-        return a
-    return torch.minimum(a, b) if higher_is_better else torch.maximum(a, b)
+def family(run: str) -> str:
+    """``restart:2`` → ``restart``; other run names are their own family."""
+    return run.split(":", 1)[0]
+
+
+def strong_values(outcome: AttackOutcome) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+    """Per query and value, the worst case over the strong runs; and per value the share of queries
+    whose worst case each run family gave (the first run reaching it is credited)."""
+    strong, shares = {}, {}
+    n = max(len(next(iter(outcome.before.values()))), 1) if outcome.before else 1
+    runs = [run for run in outcome.values if family(run) in STRONG_RUNS]
+    for key in outcome.attack.metrics:
+        direction = outcome.attack.spec(key).higher_is_better
+        value = outcome.values["standard"][key]
+        origin = torch.zeros(len(value), dtype=torch.long, device=value.device)
+        for position, run in enumerate(runs):
+            candidate = worse(value, outcome.values[run][key], direction)
+            origin = torch.where(candidate != value, torch.full_like(origin, position), origin)
+            value = candidate
+        strong[key] = value
+        counts = {name: 0.0 for name in STRONG_RUNS}
+        for position, run in enumerate(runs):
+            counts[family(run)] += float((origin == position).sum())
+        shares[key] = {name: count / n for name, count in counts.items()}
+    return strong, shares
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.double().sum()) / max(len(values), 1)
 
 
 def run_audit(
@@ -118,13 +171,13 @@ def run_audit(
 ) -> AuditReport:
     """Audit ``model`` with ``attacks`` on ``query_index`` (see the module docstring).
 
-    Selections come from each attack's own seeded generator, drawn batch by batch exactly as the
-    standard run (``attacks.runner``) draws them, so the standard run here reproduces the board's
-    values and the strong values are per-query worst cases over the same targets.
+    Selections come from each attack's own seeded generator, drawn batch by batch by the same loop
+    as the standard run (:func:`attacks.runner.attack_queries`), so the standard run here
+    reproduces the board's values and the strong values are per-query worst cases over the same
+    targets.
     """
-    device = torch.device(device)
-    query_index = query_index.long().cpu()
     report = AuditReport()
+    runs = audit_runs(config, spec, transfer=surrogate is not None)
     was_training = model.training
     model.eval()
     if surrogate is not None:
@@ -132,96 +185,36 @@ def run_audit(
     try:
         for attack in attacks:
             start = time.perf_counter()
-            _audit_one(model, images_fn, gallery, attack, config, spec, query_index, batch_size, seed, device,
-                       surrogate, progress, report)
+            outcome = attack_queries(model, images_fn, gallery, attack, runs, query_index=query_index,
+                                     batch_size=batch_size, seed=seed, device=device, surrogate=surrogate,
+                                     progress=progress, desc=f"audit {attack.name}")
+            _collect(outcome, report)
             report.seconds[attack.name] = time.perf_counter() - start
     finally:
         model.train(was_training)
     return report
 
 
-def _audit_one(model, images_fn, gallery, attack: Attack, config: PGDConfig, spec: AuditSpec,
-               query_index: torch.Tensor, batch_size: int, seed: int, device: torch.device,
-               surrogate: Surrogate | None, progress: bool, report: AuditReport) -> None:
-    generator = attack_generator(seed, attack)  # the standard run's stream: the same selections
-    # The surrogate selects on its own gallery with a fresh copy of the same stream.
-    surrogate_generator = attack_generator(seed, attack)
-    restart_generator = torch.Generator().manual_seed(derive_seed(seed, f"{attack.name}:audit-restarts"))
-    longer = replace(config, steps=config.steps * spec.step_factor)
-    large = PGDConfig(spec.large_epsilon, 2.5 * spec.large_epsilon / max(config.steps, 1), config.steps)
-    sums: dict[str, dict[str, torch.Tensor]] = {}
-    origin_counts: dict[str, dict[str, float]] = {key: {run: 0.0 for run in RUNS} for key in attack.metrics}
-
-    def add(kind: str, values: dict[str, torch.Tensor]) -> None:
-        bucket = sums.setdefault(kind, {})
-        for key, value in values.items():
-            total = value.detach().double().sum()
-            bucket[key] = bucket[key] + total if key in bucket else total
-
-    for index in tqdm(torch.split(query_index, batch_size), desc=f"audit {attack.name}", leave=False,
-                      disable=not progress, unit="batch"):
-        images = images_fn(index).to(device)
-        index_dev = index.to(gallery.device)
-        with torch.no_grad():
-            selection = attack.select(index_dev, gallery, generator)
-            before = attack.measure(gallery.embeddings[index_dev], index_dev, selection, gallery)
-        add("before", before)
-
-        def loss_fn(x: torch.Tensor, selection=selection, index_dev=index_dev) -> torch.Tensor:
-            return attack.loss(model(x), index_dev, selection, gallery)
-
-        def measure(x: torch.Tensor, selection=selection, index_dev=index_dev) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return attack.measure(model(x), index_dev, selection, gallery)
-
-        runs = {"standard": [measure(pgd(images, loss_fn, config))]}
-        runs["restart"] = [measure(pgd(images, loss_fn, replace(config, random_start=True),
-                                       generator=restart_generator)) for _ in range(spec.restarts)]
-        runs["more_steps"] = [measure(pgd(images, loss_fn, longer))]
-        runs["apgd"] = [measure(apgd(images, loss_fn, longer))]
-        add("standard", runs["standard"][0])
-        add("more_steps", runs["more_steps"][0])
-        strong = {}
-        for key in attack.metrics:
-            direction = attack.spec(key).higher_is_better
-            value = runs["standard"][0][key]
-            origin = torch.zeros(len(value), dtype=torch.long, device=value.device)
-            for position, run in enumerate(RUNS):
-                for result in runs[run]:
-                    candidate = worse(value, result[key], direction)
-                    origin = torch.where(candidate != value, torch.full_like(origin, position), origin)
-                    value = candidate
-            strong[key] = value
-            for position, run in enumerate(RUNS):
-                origin_counts[key][run] += float((origin == position).sum())
-        add("strong", strong)
-        large_loss = loss_fn
-        add("large_epsilon", measure(pgd(images, large_loss, large)))
-        if surrogate is not None:
-            with torch.no_grad():
-                surrogate_selection = attack.select(index.to(surrogate.gallery.device), surrogate.gallery,
-                                                    surrogate_generator)
-
-            def surrogate_loss(x: torch.Tensor, s=surrogate_selection, i=index) -> torch.Tensor:
-                i = i.to(surrogate.gallery.device)
-                return attack.loss(surrogate.model(x), i, s, surrogate.gallery)
-
-            add("transfer", measure(pgd(images, surrogate_loss, config)))
-    n = len(query_index)
-    for kind, target in (("before", report.before), ("standard", report.standard), ("strong", report.strong),
-                         ("more_steps", report.more_steps), ("large_epsilon", report.large_epsilon),
-                         ("transfer", report.transfer)):
-        for key, total in sums.get(kind, {}).items():
-            target[key] = float(total) / n
-    missing = set(attack.metrics) - set(report.strong)
-    if missing:
-        raise BenchmarkError(f"attack {attack.name!r} did not report {', '.join(sorted(missing))}")
-    for key, counts in origin_counts.items():
-        report.worst_from[key] = {run: count / n for run, count in counts.items()}
+def _collect(outcome: AttackOutcome, report: AuditReport) -> None:
+    report.before.update(outcome.means["before"])
+    for run, target in (("standard", report.standard), ("more_steps", report.more_steps),
+                        ("large_epsilon", report.large_epsilon), ("transfer", report.transfer),
+                        ("gradient_free", report.gradient_free)):
+        if run in outcome.means:
+            target.update(outcome.means[run])
+    strong, shares = strong_values(outcome)
+    report.strong.update({key: _mean(value) for key, value in strong.items()})
+    report.worst_from.update(shares)
+    if "gradient_free" in outcome.values:
+        for key, value in strong.items():
+            direction = outcome.attack.spec(key).higher_is_better
+            report.with_gradient_free[key] = _mean(worse(value, outcome.values["gradient_free"][key], direction))
 
 
 def verdicts(report: AuditReport, ers: Callable[[dict[str, float]], float], spec: AuditSpec) -> dict[str, float]:
-    """The audit's numbers: ERS of each run, the drop, and the three checks as flags (1 = flagged)."""
+    """The audit's numbers: ERS of each run, the drop, the masking checks as flags (1 = flagged, any
+    of them sets ``flagged``) and ``flag:unconverged`` (more steps lower ERS by more than the
+    tolerance: the fixed-budget protocol is unreliable for this entry; not a masking flag)."""
     out = {"ERS:standard": ers(report.standard), "ERS:strong": ers(report.strong),
            "ERS:more_steps": ers(report.more_steps), "ERS:large_epsilon": ers(report.large_epsilon)}
     out["drop"] = out["ERS:standard"] - out["ERS:strong"]
@@ -230,8 +223,14 @@ def verdicts(report: AuditReport, ers: Callable[[dict[str, float]], float], spec
     if report.transfer:
         out["ERS:transfer"] = ers(report.transfer)
         out["flag:transfer"] = float(out["ERS:transfer"] < out["ERS:standard"] - spec.tolerance)
+    if report.gradient_free:
+        out["ERS:gradient_free"] = ers(report.gradient_free)
+        out["ERS:strong_with_gradient_free"] = ers(report.with_gradient_free)
+        out["flag:gradient_free"] = float(out["ERS:strong_with_gradient_free"] < out["ERS:strong"] - spec.tolerance)
     flags = [v for k, v in out.items() if k.startswith("flag:")]
     out["flagged"] = float(any(v > 0 for v in flags))
+    # Reported after "flagged" on purpose: an unconverged protocol is not gradient masking.
+    out["flag:unconverged"] = float(out["ERS:more_steps"] < out["ERS:standard"] - spec.tolerance)
     if any(not math.isfinite(v) for v in out.values()):
         raise BenchmarkError("the audit produced a non-finite score")
     return out

@@ -67,6 +67,14 @@ class CandidateAttack(Attack):
         query_to_gallery = gallery.distances(query_emb.flatten(0, 1)).view(len(index), self.W, len(gallery))
         return {"queries": queries, "query_to_gallery": query_to_gallery}
 
+    def retarget(self, selection: dict[str, torch.Tensor], gallery: Gallery) -> dict[str, torch.Tensor]:
+        """The same queries, with their distances to ``gallery`` (another model's clean gallery of the
+        same split): how a transfer attack crafted on a surrogate is scored on the attacked model."""
+        queries = selection["queries"].to(gallery.device)
+        rows, width = queries.shape
+        query_to_gallery = gallery.distances(gallery.embeddings[queries].flatten(0, 1)).view(rows, width, len(gallery))
+        return {"queries": queries, "query_to_gallery": query_to_gallery}
+
     def _candidate_to_query(self, emb: torch.Tensor, selection: dict[str, torch.Tensor],
                             gallery: Gallery) -> torch.Tensor:
         query_emb = gallery.embeddings[selection["queries"]].double()  # [B, W, D]

@@ -88,7 +88,10 @@ def apgd(
     x ← P(x + m·(z − x) + (1 − m)·(x − x_prev)). At the checkpoints of :func:`_apgd_checkpoints` the
     step is halved, and the iterate reset to the best point so far, when fewer than ``rho`` of the
     steps since the last checkpoint lowered the loss, or when neither the step nor the best loss
-    changed since then. ``config.steps`` gradient evaluations; ``config.alpha`` is not used.
+    changed since then. Gradient evaluations: one at the start and one per iteration,
+    ``config.steps`` in all, plus one more at each checkpoint that resets the iterate (so at most
+    ``config.steps + len(_apgd_checkpoints(config.steps))``; callers that count passes count the
+    calls of ``loss_fn``). ``config.alpha`` is not used.
 
     Difference from APGD: our attack losses are batch means, so the step size and the "best point"
     are shared by the batch rather than kept per image. The audit therefore keeps, per query, the

@@ -27,8 +27,8 @@ import pandas as pd
 from attacks.audit import AuditSpec, Surrogate, run_audit, verdicts
 
 from . import store
-from .cell import CellConfig, ResolvedCell, resolve, train_or_load
-from .checkpoints import TrainedModel
+from .cell import CellConfig, ResolvedCell, cell_threads, resolve, train_or_load
+from .checkpoints import TrainedModel, check_weights
 from .errors import BenchmarkError
 from .evaluation import embed_split
 from .registry import ATTACKS
@@ -79,28 +79,32 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
     # retraining) the model and its surrogate is timed apart, as model_seconds.
     loading = time.perf_counter()
     trained: TrainedModel = train_or_load(cell, results_dir, progress=progress)
-    model = trained.model.to(cell.device).eval()
-    gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
-                      cell.bundle.test.labels.to(cell.device))
-    surrogate = None
-    if surrogate_cell.train_id != cell.train_id:
-        source = train_or_load(surrogate_cell, results_dir, progress=progress).model.to(cell.device).eval()
-        surrogate = Surrogate(source, Gallery(embed_split(source, cell.bundle.test, device=cell.device),
-                                              cell.bundle.test.labels.to(cell.device)))
-    start = time.perf_counter()
-    model_seconds = start - loading
-    attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
-    query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
-    config_pgd = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
-    report = run_audit(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, config_pgd, spec,
-                       query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
-                       device=cell.device, surrogate=surrogate, progress=progress)
+    same_model = check_weights(trained, standard.rows, f"audit of {cell.entry} seed {cell.config.seed} on "
+                                                       f"{cell.bundle.name}")
+    with cell_threads(cell):  # the gallery and the attacks with the thread count of the cell's identity
+        model = trained.model.to(cell.device).eval()
+        gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
+                          cell.bundle.test.labels.to(cell.device))
+        surrogate = None
+        if surrogate_cell.train_id != cell.train_id:
+            source = train_or_load(surrogate_cell, results_dir, progress=progress).model.to(cell.device).eval()
+            surrogate = Surrogate(source, Gallery(embed_split(source, cell.bundle.test, device=cell.device),
+                                                  cell.bundle.test.labels.to(cell.device)))
+        start = time.perf_counter()
+        model_seconds = start - loading
+        attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
+        query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+        config_pgd = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
+        report = run_audit(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, config_pgd, spec,
+                           query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
+                           device=cell.device, surrogate=surrogate, progress=progress)
     seconds = time.perf_counter() - start
     numbers = verdicts(report, ers, spec)
     numbers["ARS:strong"] = ars_mean({k: report.before[k] for k in ARS_KEYS}, {k: report.strong[k] for k in ARS_KEYS})
     numbers["audit_seconds"] = seconds
     numbers["model_seconds"] = model_seconds
     numbers["surrogate"] = float(surrogate is not None)
+    numbers["same_weights"] = float(same_model)  # 0: the audited model is not the one the cell's rows evaluated
     return _rows(standard.rows, identity, spec, numbers, report)
 
 

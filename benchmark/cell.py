@@ -10,13 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoints import TrainedModel, load_checkpoint, make_model, save_checkpoint
+from .checkpoints import (
+    WEIGHTS_METRIC,
+    TrainedModel,
+    load_checkpoint,
+    make_model,
+    save_checkpoint,
+    weights_sha256,
+    weights_value,
+)
 from .datasets import DatasetBundle, load_dataset
 from .defense import Defense
 from .errors import BenchmarkError
@@ -42,6 +52,9 @@ class CellConfig:
     defense_params: tuple[tuple[str, str], ...] = ()
     attention_lambda: float | None = None  # None: per-dataset default
     attacks: tuple[str, ...] | None = None  # None: the whole built-in suite
+    # torch's CPU thread count, part of a CPU cell's identity (another count adds in another order:
+    # other weights, other numbers). None: this process's count when the cell is resolved.
+    threads: int | None = None
     # Not part of the hash:
     data_root: str | None = None
     weights: str | None = None
@@ -67,6 +80,7 @@ class ResolvedCell:
     device: torch.device
     plugin_source: str | None = None
     plugin_hash: str | None = None
+    threads: int = 1  # torch CPU threads the cell trains and evaluates with (CPU cells)
     cell_id: str = field(default="")
     train_id: str = field(default="")
 
@@ -85,6 +99,7 @@ class ResolvedCell:
             "preset": self.preset.to_dict(), "train_epsilon": self.profile.train_epsilon,
             "train_alpha": self.profile.train_alpha, "attention_lambda": self.attention_lambda,
             "plugin_hash": self.plugin_hash, "weights": bool(self.config.weights),
+            **({"cpu_threads": self.threads} if self.device.type == "cpu" else {}),
         }
 
     def hash_payload(self) -> dict[str, Any]:
@@ -152,10 +167,28 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
     from .registry import ATTACKS
 
     attack_names = tuple(ATTACKS.canonical(a) for a in attack_names)
+    threads = torch.get_num_threads() if config.threads is None else config.threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BenchmarkError(f"threads must be a positive integer (torch CPU threads), got {config.threads!r}")
     return ResolvedCell(config, bundle, model_name, defense_entry.name, defense, preset, profile, float(lam),
                         attack_names, resolve_device(config.device),
                         plugin_source=defense_entry.source if defense_entry.is_plugin else None,
-                        plugin_hash=defense_entry.source_hash)
+                        plugin_hash=defense_entry.source_hash, threads=threads)
+
+
+@contextmanager
+def cell_threads(cell: ResolvedCell) -> Iterator[None]:
+    """Run a CPU cell's training or evaluation with the thread count of its identity (restored after),
+    so that the same cell id always means the same numbers whoever calls."""
+    if cell.device.type != "cpu" or torch.get_num_threads() == cell.threads:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cell.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def default_attack_names() -> tuple[str, ...]:
@@ -165,17 +198,19 @@ def default_attack_names() -> tuple[str, ...]:
 
 def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = True,
                   retrain: bool = False) -> TrainedModel:
-    """Train the cell's model, or load its checkpoint when one exists (weights_only=True)."""
+    """Train the cell's model (with its thread count), or load its checkpoint when one exists
+    (weights_only=True)."""
     path = cell.checkpoint_path(results_dir)
     if path.exists() and not retrain:
         loaded = load_checkpoint(cell, path)
         if loaded is not None:
             return loaded
-    seed_everything(cell.config.seed)
-    model = make_model(cell)
-    history = train_model(model, cell.bundle, cell.defense, cell.preset, cell.profile, seed=cell.config.seed,
-                          device=cell.device, attention_lambda=cell.attention_lambda,
-                          model_name=cell.model_name, progress=progress)
+    with cell_threads(cell):
+        seed_everything(cell.config.seed)
+        model = make_model(cell)
+        history = train_model(model, cell.bundle, cell.defense, cell.preset, cell.profile, seed=cell.config.seed,
+                              device=cell.device, attention_lambda=cell.attention_lambda,
+                              model_name=cell.model_name, progress=progress)
     save_checkpoint(cell, model, history, path)
     return TrainedModel(model, history, loaded=False)
 
@@ -214,6 +249,13 @@ class CellOutput:
 
 def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
                   queries: int | str | None = None) -> CellOutput:
+    """Evaluate the cell (:func:`_evaluate_cell`) with the thread count of its identity."""
+    with cell_threads(cell):
+        return _evaluate_cell(cell, trained, progress=progress, queries=queries)
+
+
+def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
+                   queries: int | str | None = None) -> CellOutput:
     """Embed the clean gallery once, score benign retrieval, run the whole attack suite, build rows.
 
     ``queries`` overrides the preset's attack query budget (``"all"``: every test image); the matrix
@@ -313,6 +355,9 @@ def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool =
     add("score", "WHM", whm(benign["train:R@1"], benign["R@1"]))
     for key, value in training_summary(trained.history.telemetry).items():
         add("training", key, value)
+    # The evaluated model, identified: the full sha256 in ``meaning``, its first 52 bits as the value.
+    digest = weights_sha256(model)
+    add("training", WEIGHTS_METRIC, weights_value(digest), meaning=digest)
 
     frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
     frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})

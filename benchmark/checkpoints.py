@@ -3,11 +3,19 @@ history saved atomically and read back with ``weights_only=True``.
 
 A checkpoint is named by the cell's training id; one written for another configuration, or a
 truncated file, is ignored (the cell retrains) rather than trusted.
+
+The evaluated model is the stored model: a cell's rows carry the sha256 of the weights it attacked
+(:func:`weights_sha256`, row ``attack = "training"``, ``metric = "weights_sha256"``: the full
+digest in ``meaning``, its first 52 bits, exact in a float, as the value). An audit, study or
+re-evaluation that had to retrain a missing checkpoint compares the retrained weights with them
+(:func:`check_weights`) and says so in one line when they differ.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +30,44 @@ if TYPE_CHECKING:
     from .cell import ResolvedCell
 
 CHECKPOINT_FORMAT = 1
+WEIGHTS_METRIC = "weights_sha256"
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the model's state dict: every entry's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def weights_value(digest: str) -> float:
+    """The first 52 bits of a hex digest as a float (exact): the value column of the weights row."""
+    return float(int(digest[:13], 16))
+
+
+def stored_weights(rows: Any) -> str | None:
+    """The weights digest a cell's rows record (``None`` for cells stored before it was recorded)."""
+    found = rows[(rows["attack"] == "training") & (rows["metric"] == WEIGHTS_METRIC)]
+    return str(found["meaning"].iloc[0]) if len(found) else None
+
+
+def check_weights(trained: TrainedModel, rows: Any, what: str) -> bool:
+    """Whether ``trained`` is the model the stored ``rows`` evaluated; when it was retrained (its
+    checkpoint was missing) and its weights differ, one line on stderr says so. True when the
+    rows record no digest (nothing to compare)."""
+    stored = stored_weights(rows)
+    if stored is None:
+        return True
+    same = weights_sha256(trained.model) == stored
+    if not same:
+        how = "loaded from its checkpoint" if trained.loaded else "retrained (its checkpoint was missing)"
+        print(f"rrb: {what}: the model {how} is not the one its stored rows evaluated (weights sha256 "
+              f"{weights_sha256(trained.model)[:12]} vs stored {stored[:12]}); its numbers describe another "
+              "model", file=sys.stderr)
+    return same
 
 
 def make_model(cell: ResolvedCell) -> torch.nn.Module:
@@ -51,6 +97,7 @@ def save_checkpoint(cell: ResolvedCell, model: torch.nn.Module, history: TrainHi
         "train_seconds": history.train_seconds,
         "pgd_steps": history.pgd_steps,
         "steps": history.steps,
+        WEIGHTS_METRIC: weights_sha256(model),
     }
     atomic_torch_save(payload, path)
 

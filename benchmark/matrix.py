@@ -18,7 +18,9 @@ another order and training drifts apart in the last bits, then further (a digits
 trained with 1 and with 2 threads differs in R@1). Every seed is fixed, so a cell is
 reproduced exactly by running it with the same thread count on the same hardware, whatever the
 executor: pass the same ``threads`` (``rrb run --threads``) to compare runs bit for bit. The
-count is recorded in the ``device_name`` column of every row.
+count is part of a CPU cell's id (``CellConfig.threads``; ``cpu_threads`` in its training
+payload), so a run with another count makes new cells instead of reusing numbers it would not
+reproduce; it is also recorded in the ``device_name`` column of every row.
 
 On an HPC cluster, start the workers through dask-jobqueue (``pip install dask-jobqueue``) and
 pass the scheduler's address; the results directory (and ``data_root``) must be on a file
@@ -291,6 +293,11 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     load_plugins(plugin_paths)
     configs = build_matrix(datasets, defenses, seeds, preset=preset, profile=profile, data_root=data_root,
                            device=device, defense_params=defense_params, attacks=attacks)
+    # The thread count each cell runs with is part of a CPU cell's id (benchmark.cell): plan with it.
+    import torch
+
+    cell_threads = threads if threads is not None else (1 if executor == "dask" else torch.get_num_threads())
+    configs = [replace(c, threads=cell_threads) for c in configs]
     # Every plugin defense and attack of the matrix is validated (one training step, a tiny attack)
     # before any work, as rrb submit does.
     from .validation import check_plugins_in_use

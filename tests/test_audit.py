@@ -73,6 +73,9 @@ def test_gradient_masking_entry_is_flagged(audited):
     assert masked["ERS:large_epsilon"] > AuditSpec().large_epsilon_max_ers
     assert masked["ERS:standard"] > 40  # it looks robust on the standard evaluation ...
     assert masked["ERS:transfer"] < masked["ERS:standard"]  # ... yet a transfer attack does better
+    # ... and so does a random search that never reads a gradient.
+    assert masked["flag:gradient_free"] == 1.0
+    assert masked["ERS:strong_with_gradient_free"] < masked["ERS:strong"] - AuditSpec().tolerance
 
 
 def test_sound_defenses_pass(audited):
@@ -82,6 +85,8 @@ def test_sound_defenses_pass(audited):
         numbers = by_entry[(entry, "c2f2")]
         assert numbers["flagged"] == 0.0, (entry, numbers)
         assert numbers["ERS:large_epsilon"] <= AuditSpec().large_epsilon_max_ers
+        assert numbers["flag:gradient_free"] == 0.0, (entry, numbers)  # no worse case than the gradients'
+        assert numbers["same_weights"] == 1.0  # the audited model is the one the cell's rows evaluated
     assert "ERS:transfer" in by_entry[("act", "c2f2")]  # crafted on the NT model of the same seed
     assert "ERS:transfer" not in by_entry[("nt", "c2f2")]  # NT is its own surrogate: no transfer check
 

@@ -167,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_REPORTS, help="output folder (default: reports)")
     p.add_argument("--dataset", default=None, help="only this dataset's leaderboards")
 
+    p = sub.add_parser("study", help="convergence study of a stored cell: per query the best and last iterate "
+                                     "at each PGD budget, the APGD schedule and random restarts (resumable)")
+    _cell_args(p)
+    _common(p)
+    p.add_argument("--budgets", type=_csv, default=None, metavar="K,K,...",
+                   help="increasing PGD step counts to record (default 32,64,128,256,512)")
+    p.add_argument("--restarts", type=int, default=4, help="random restarts, each one long run (default 4)")
+    p.add_argument("--no-apgd", action="store_true", help="leave out the APGD-schedule runs")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="torch CPU threads: the count the cell was run with (it is part of a CPU cell's id)")
+
     p = sub.add_parser("verify", help="check every stored file against the store's manifest (MANIFEST.sha256)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
     p.add_argument("--record", action="store_true",
@@ -639,7 +650,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "attack": cmd_attack, "run": cmd_run, "results": cmd_results,
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import StudySpec, run_study, study_curves
+
+    _load_plugins(args.plugin)
+    try:
+        budgets = tuple(int(b) for b in args.budgets) if args.budgets else StudySpec().budgets
+    except ValueError:
+        raise BenchmarkError(f"--budgets must be increasing positive integers, got {','.join(args.budgets)}") from None
+    spec = StudySpec(budgets=budgets, restarts=args.restarts, apgd=not args.no_apgd)
+    rows = run_study(_cell_config(args, threads=args.threads), _check_results_dir(args.results), spec,
+                     progress=not args.quiet)
+    curves = study_curves(rows)
+    print(curves.pivot_table(index=["run", "iterate"], columns="budget", values="ERS", sort=False).round(2)
+          .to_string())
+    return 0
+
+
+COMMANDS = {"study": cmd_study, "list": cmd_list, "train": cmd_train, "attack": cmd_attack, "run": cmd_run, "results": cmd_results,
             "leaderboard": cmd_leaderboard, "submit": cmd_submit, "verify": cmd_verify}
 
 

@@ -1,0 +1,201 @@
+"""The convergence study of one stored cell: ERS as a function of the attack budget.
+
+For every attack of the cell's suite, on the cell's queries with the cell's selections (the one
+attack loop, :func:`attacks.runner.attack_queries`), it records per query the value of
+
+* ``fixed``: one fixed-step PGD run (the profile's ε and α, zero start) of the largest budget;
+  with a fixed step the first k steps of a long run ARE the k-step run, so one run gives the
+  whole curve at every budget of ``budgets``;
+* ``restart:1`` … ``restart:R``: the same from a uniform random start in the ε-ball (one long
+  run each, recorded the same way);
+* ``apgd:K``: the APGD schedule (:func:`benchmark.pgd.apgd`) with budget K, one run per budget
+  (its step-halving checkpoints are fractions of the budget, so its first k steps are not the
+  k-step run).
+
+At each budget two values per query are kept: ``last``, the iterate of that step (what the
+RobRank protocol reads at 32 steps), and ``best``, the best iterate: the value most favourable to
+the attacker over every point the run visited, the start included. Rows are stored per attack in
+``studies/<dataset>/<study_id>/<attack>.parquet`` beside the cells (``study_id``: a hash of the
+cell id and the study spec), so an interrupted study resumes at the attack it stopped at; a study
+is claimed with a lock file like a cell. :func:`study_curves` turns the rows into ERS per run and
+budget (best and last iterate, and the worst case over the fixed run and its first r restarts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import locks, store
+from .atomic import atomic_write
+from .cell import CellConfig, cell_threads, resolve, train_or_load
+from .checkpoints import check_weights
+from .errors import BenchmarkError
+from .evaluation import embed_split
+from .registry import ATTACKS
+from .scores import ers, ers_robrank
+
+STUDIES_DIR = "studies"
+COLUMNS = ["dataset", "cell_id", "study_id", "entry", "seed", "attack", "run", "method", "budget", "query",
+           "metric", "direction", "best", "last"]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """The budgets recorded, the random restarts and whether the APGD schedule runs (part of the id)."""
+
+    budgets: tuple[int, ...] = (32, 64, 128, 256, 512)
+    restarts: int = 4
+    apgd: bool = True
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        budgets = tuple(self.budgets)
+        if not budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets) \
+                or list(budgets) != sorted(set(budgets)):
+            raise BenchmarkError(f"study budgets must be increasing positive step counts, got {self.budgets!r}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 0:
+            raise BenchmarkError(f"study restarts must be an integer ≥ 0, got {self.restarts!r}")
+        object.__setattr__(self, "budgets", budgets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "budgets": list(self.budgets)}
+
+
+def study_id(cell_id: str, spec: StudySpec) -> str:
+    payload = {"cell_id": cell_id, "study": spec.to_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def study_dir(results_dir: str | os.PathLike, dataset: str, identity: str) -> Path:
+    return Path(results_dir) / STUDIES_DIR / dataset / identity
+
+
+def study_runs(epsilon: float, alpha: float, spec: StudySpec) -> tuple:
+    """The runs of one study, in the order each batch makes them."""
+    from attacks.runner import Run
+
+    from .pgd import PGDConfig
+
+    longest = PGDConfig(epsilon, alpha, spec.budgets[-1])
+    runs = [Run("fixed", longest, record=spec.budgets)]
+    runs += [Run(f"restart:{i + 1}", replace(longest, random_start=True), stream="study-restarts",
+                 record=spec.budgets) for i in range(spec.restarts)]
+    if spec.apgd:
+        runs += [Run(f"apgd:{k}", PGDConfig(epsilon, alpha, k), method="apgd", record=(k,)) for k in spec.budgets]
+    return tuple(runs)
+
+
+def _attack_file(directory: Path, attack: str) -> Path:
+    safe = "".join(c if c.isalnum() else f"_{ord(c):x}" for c in attack)
+    return directory / f"{safe}.parquet"
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception:  # missing or truncated: the attack is recomputed
+        return None
+    return frame if list(frame.columns) == COLUMNS and len(frame) else None
+
+
+def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpec, *, progress: bool = True,
+              bundle: Any = None) -> pd.DataFrame:
+    """Study one stored cell (see the module docstring); returns all its rows, computing only the
+    attacks not stored yet. Raises when another live process holds the study's lock."""
+    from attacks.base import Gallery
+    from attacks.runner import attack_queries, select_queries
+
+    results_dir = Path(results_dir)
+    cell = resolve(config, bundle=bundle)
+    standard = store.read_cell_file(store.cell_path(results_dir, cell.bundle.name, cell.cell_id))
+    if not standard.valid:
+        raise BenchmarkError(f"cannot study {cell.entry} seed {cell.config.seed} on {cell.bundle.name}: its cell is "
+                             f"not in {results_dir} ({standard.problem}); run it first with `rrb run`")
+    identity = study_id(cell.cell_id, spec)
+    directory = study_dir(results_dir, cell.bundle.name, identity)
+    attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
+    frames = {a.name: _read(_attack_file(directory, a.name)) for a in attack_objs}
+    todo = [a for a in attack_objs if frames[a.name] is None]
+    if todo:
+        lock = locks.CellLock.acquire_path(directory.with_suffix(".lock"))
+        if lock is None:
+            raise BenchmarkError(f"the study of {cell.entry} seed {cell.config.seed} on {cell.bundle.name} is being "
+                                 f"computed by another process (lock {directory.with_suffix('.lock')})")
+        with lock:
+            trained = train_or_load(cell, results_dir, progress=progress)
+            check_weights(trained, standard.rows, f"study of {cell.entry} seed {cell.config.seed} on "
+                                                  f"{cell.bundle.name}")
+            with cell_threads(cell):
+                model = trained.model.to(cell.device).eval()
+                gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
+                                  cell.bundle.test.labels.to(cell.device))
+                query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+                runs = study_runs(cell.profile.epsilon, cell.profile.alpha, spec)
+                for attack in todo:
+                    start = time.perf_counter()
+                    outcome = attack_queries(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack, runs,
+                                             query_index=query_index, batch_size=cell.preset.attack_batch,
+                                             seed=cell.config.seed, device=cell.device, progress=progress,
+                                             desc=f"study {attack.name}")
+                    frame = _rows(cell, identity, attack, outcome, query_index)
+                    frame.attrs["seconds"] = time.perf_counter() - start
+                    atomic_write(_attack_file(directory, attack.name), lambda tmp, f=frame: f.to_parquet(tmp))
+                    frames[attack.name] = frame
+    return pd.concat([frames[a.name] for a in attack_objs], ignore_index=True)
+
+
+def _rows(cell, identity: str, attack, outcome, query_index) -> pd.DataFrame:
+    queries = query_index.tolist()
+    parts = []
+    for run, steps in outcome.recorded.items():
+        method = "apgd" if run.startswith("apgd:") else "pgd"
+        for budget, recorded in steps.items():
+            for key in attack.metrics:
+                parts.append(pd.DataFrame({
+                    "run": run, "method": method, "budget": budget, "query": queries, "metric": key,
+                    "direction": attack.spec(key).direction,
+                    "best": recorded.best[key].double().cpu().numpy(), "last": recorded.last[key].double().cpu().numpy()}))
+    frame = pd.concat(parts, ignore_index=True)
+    for column, value in (("dataset", cell.bundle.name), ("cell_id", cell.cell_id), ("study_id", identity),
+                          ("entry", cell.entry), ("seed", cell.config.seed), ("attack", attack.name)):
+        frame[column] = value
+    return frame[COLUMNS].astype({"budget": "int64", "query": "int64", "seed": "int64"})
+
+
+def _attacker_best(values: pd.DataFrame) -> pd.Series:
+    """Per (metric, query), the value most favourable to the attacker over ``values``' runs."""
+    lower = values["direction"] == "higher"  # higher means robust: the attacker wants it low
+    low = values[lower].groupby(["metric", "query"])["value"].min()
+    high = values[~lower & (values["direction"] == "lower")].groupby(["metric", "query"])["value"].max()
+    return pd.concat([low, high])
+
+
+def study_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """ERS (ranked, :func:`benchmark.scores.ers`) and ERS (RobRank, :func:`~benchmark.scores.ers_robrank`)
+    per run and budget from a study's rows, for the best and the last iterate; plus ``restarts:r``,
+    the per-query worst case over the fixed run and its first r restarts (best iterate)."""
+    out = []
+
+    def score(means: dict[str, float]) -> dict[str, float]:
+        return {"ERS": ers(means), "ERS:RobRank": ers_robrank(means)}
+
+    for (run, budget), group in rows.groupby(["run", "budget"], sort=False):
+        for iterate in ("best", "last"):
+            means = group.groupby("metric")[iterate].mean().to_dict()
+            out.append({"run": run, "budget": int(budget), "iterate": iterate, **score(means)})
+    restarts = sorted({int(r.split(":")[1]) for r in rows["run"].unique() if r.startswith("restart:")})
+    for r in [0, *restarts]:
+        chosen = rows[rows["run"].isin(["fixed", *[f"restart:{i}" for i in range(1, r + 1)]])]
+        for budget, group in chosen.groupby("budget"):
+            worst = _attacker_best(group.rename(columns={"best": "value"}))
+            means = worst.groupby(level="metric").mean().to_dict()
+            out.append({"run": f"restarts:{r}", "budget": int(budget), "iterate": "best", **score(means)})
+    return pd.DataFrame(out)

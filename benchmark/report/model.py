@@ -45,7 +45,8 @@ class Row:
     audit: Cell | None = None  # the attack-strength audit's verdict (boards that carry audits)
 
 
-AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"))
+AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"),
+                ("flag:gradient_free", "gradient-free"))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def suite_run(trained):
     return report, query_index, seen
 
 
+@pytest.mark.slow
 def test_clean_model_retrieves(trained):
     bundle, _, gallery = trained
     everything = torch.arange(len(bundle.test))
@@ -81,11 +82,12 @@ def test_registry_names_aliases_and_repr():
     assert ATTACKS.canonical("QA:pm=-:M=1") == "qa-"
     assert repr(ATTACKS.create("ca-", W=3)) == "ca-(pm='-', W=3, neighbourhood=0.01)"
     assert repr(ATTACKS.create("gtt")) == "gtt(retain_k=4)"
-    assert ATTACKS.create("es").metrics == ("ES:D", "ES:R")
+    assert ATTACKS.create("es").metrics == ("ES:D", "ES:R", "ES:D-rel")
     with pytest.raises(BenchmarkError, match="W must be a positive integer"):
         ATTACKS.create("ca+", W=0)
 
 
+@pytest.mark.slow
 def test_perturbations_stay_in_the_ball_and_the_image_range(trained, suite_run):
     bundle, _, _ = trained
     report, query_index, _ = suite_run
@@ -98,6 +100,7 @@ def test_perturbations_stay_in_the_ball_and_the_image_range(trained, suite_run):
         assert adversarial.min() >= 0 and adversarial.max() <= 1, name
 
 
+@pytest.mark.slow
 def test_each_attack_moves_its_value_its_own_way(trained, suite_run):
     _, _, gallery = trained
     report, query_index, _ = suite_run
@@ -123,6 +126,7 @@ def test_each_attack_moves_its_value_its_own_way(trained, suite_run):
         assert (0 <= value <= 2) if key in ("TMA", "ES:D") else (0 <= value <= 100), key
 
 
+@pytest.mark.slow
 def test_report_bookkeeping_and_gallery_embedded_once(suite_run):
     report, query_index, seen = suite_run
     n_batches = -(-N_QUERIES // 32)
@@ -137,6 +141,7 @@ def test_report_bookkeeping_and_gallery_embedded_once(suite_run):
     assert sum(seen) == len(SUITE) * N_QUERIES * (STEPS + 1)
 
 
+@pytest.mark.slow
 def test_zero_budget_changes_nothing_and_means_are_over_queries(trained):
     bundle, model, gallery = trained
     query_index = select_queries(len(bundle.test), 50, seed=3)
@@ -154,6 +159,7 @@ def test_zero_budget_changes_nothing_and_means_are_over_queries(trained):
     assert report.before["ES:R"] == pytest.approx(float(gallery.clean_recall_at_1(query_index).mean()))
 
 
+@pytest.mark.slow
 def test_selections_are_seeded(trained):
     _, _, gallery = trained
     index = torch.arange(0, 200, 3)
@@ -171,6 +177,7 @@ def test_selections_are_seeded(trained):
     assert torch.equal(select_queries(539, None, 0), torch.arange(539))
 
 
+@pytest.mark.slow
 def test_minus_selections_come_from_the_top_percent_without_self(trained):
     _, _, gallery = trained
     index = torch.arange(0, 539, 5)
@@ -186,6 +193,7 @@ def test_minus_selections_come_from_the_top_percent_without_self(trained):
         assert not (chosen == index.unsqueeze(1)).any(), name
 
 
+@pytest.mark.slow
 def test_gtm_target_is_best_ranked_item_of_another_class(trained):
     _, _, gallery = trained
     index = torch.arange(539)
@@ -202,6 +210,7 @@ def test_gtm_target_is_best_ranked_item_of_another_class(trained):
     assert torch.allclose(dist[index, target], best_other, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ltm_positives_exclude_self(trained):
     _, _, gallery = trained
     index = torch.tensor([0, 7, 100, 538])
@@ -214,6 +223,7 @@ def test_ltm_positives_exclude_self(trained):
     assert torch.equal(selection["negatives"], ~same)
 
 
+@pytest.mark.slow
 def test_benchmark_pgd_step(benchmark, trained):
     """One PGD step of the engine on a batch of 128 with the QA+ loss (c2f2)."""
     bundle, model, gallery = trained
@@ -226,6 +236,7 @@ def test_benchmark_pgd_step(benchmark, trained):
     assert (adversarial - images).abs().amax() <= config.epsilon + 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, count", [("ca+", {"W": 3}), ("ca-", {"W": 2}), ("qa+", {"M": 3}), ("qa-", {"M": 2})])
 def test_several_queries_or_candidates(trained, name, count):
     """W, M > 1: one value per query, the rank averaged over the W queries / M candidates."""
@@ -252,6 +263,7 @@ def test_several_queries_or_candidates(trained, name, count):
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_example_attack_plugin_runs_on_the_suite_engine(trained):
     """examples/top10_shift_attack.py: one file, loaded as a plugin, attacks through the shared loop."""
     from pathlib import Path

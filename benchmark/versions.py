@@ -10,8 +10,10 @@ The versions are only worth something if they move when the code does. :func:`fi
 the code a built-in's numbers depend on: its own module, the project modules it imports from the
 ``defenses``/``attacks`` packages (transitively), and the shared numeric core of its kind
 (the trainer, losses, PGD loop and model for defenses; the PGD loop, the attack runner and the
-benign retrieval metrics for attacks: every stored evaluation number then follows the code). Source is normalised through the AST with docstrings dropped, so comments, docstrings
-and formatting do not count. ``tests/implementation_versions.json`` records (version,
+benign retrieval metrics for attacks: every stored evaluation number then follows the code).
+Source is normalised through the AST with docstrings dropped, so comments, docstrings and
+formatting do not count. ``implementation_versions.json`` beside this module (package data, so an
+installed copy checks itself and nothing here touches the tests folder) records (version,
 fingerprint) per built-in, and ``tests/test_versions.py`` fails when a fingerprint changes while
 the recorded version does not. After changing a built-in:
 
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD = ROOT / "tests" / "implementation_versions.json"
+RECORD = Path(__file__).resolve().parent / "implementation_versions.json"
 
 # The shared code every built-in of a kind runs through (paths relative to the repository root).
 SHARED = {

@@ -52,6 +52,7 @@ def _queries(setup, attack, runs, **kw):
                           seed=0, device="cpu", progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_standard_run_and_audit_share_one_loop(setup):
     test, model, gallery, index = setup
     config = PGDConfig(ROB28.epsilon, ROB28.alpha, 2)
@@ -68,6 +69,7 @@ def test_standard_run_and_audit_share_one_loop(setup):
             assert outcome.means["before"][key] == report.before[key], key
 
 
+@pytest.mark.slow
 def test_first_steps_of_a_long_fixed_step_run_are_the_short_run(setup):
     long = Run("fixed", PGDConfig(ROB28.epsilon, ROB28.alpha, 6), record=(2, 4, 6))
     for name in ("qa+", "es"):

@@ -65,6 +65,7 @@ def audited(tmp_path_factory):
     return summary, rows, by_entry
 
 
+@pytest.mark.slow
 def test_gradient_masking_entry_is_flagged(audited):
     _, _, by_entry = audited
     masked = by_entry[("nt", "c2f2-quantised")]
@@ -78,6 +79,7 @@ def test_gradient_masking_entry_is_flagged(audited):
     assert masked["ERS:strong_with_gradient_free"] < masked["ERS:strong"] - AuditSpec().tolerance
 
 
+@pytest.mark.slow
 def test_sound_defenses_pass(audited):
     summary, _, by_entry = audited
     assert summary.audits == 2 and summary.audits_computed == 2
@@ -91,6 +93,7 @@ def test_sound_defenses_pass(audited):
     assert "ERS:transfer" not in by_entry[("nt", "c2f2")]  # NT is its own surrogate: no transfer check
 
 
+@pytest.mark.slow
 def test_strong_evaluation_is_never_weaker_and_reproduces_the_standard_run(audited):
     _, rows, by_entry = audited
     for (entry, model), numbers in by_entry.items():
@@ -103,6 +106,7 @@ def test_strong_evaluation_is_never_weaker_and_reproduces_the_standard_run(audit
         assert numbers["ERS:standard"] == pytest.approx(stored, abs=1e-6), entry
 
 
+@pytest.mark.slow
 def test_audit_is_stored_beside_the_cell_and_resumes(audited, tmp_path):
     summary, rows, _ = audited
     results = Path(summary.results_dir)
@@ -115,6 +119,7 @@ def test_audit_is_stored_beside_the_cell_and_resumes(audited, tmp_path):
     assert (again.computed, again.audits_computed, again.audits_skipped) == (0, 0, 2)
 
 
+@pytest.mark.slow
 def test_audit_seconds_leave_out_retraining_the_model(audited, monkeypatch):
     """A machine without the checkpoint retrains the model first; that time is model_seconds, not
     the audit's own cost (Audit s on the board)."""
@@ -163,6 +168,7 @@ def test_apgd_stays_in_the_ball_and_does_not_lose_to_its_start():
     assert math.isfinite(float(loss(out)))
 
 
+@pytest.mark.slow
 def test_board_says_what_the_audits_found(audited):
     _, rows, by_entry = audited
     (board,) = build_boards(rows, None, plots=False)

@@ -64,6 +64,7 @@ def test_a_user_error_in_a_real_process_has_no_traceback(tmp_path):
     assert proc.stderr.strip().startswith("rrb: error:") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_then_attack_prints_metrics_raw_values_and_scores(capsys, tmp_path):
     results = str(tmp_path / "results")
     code, out, err = run_cli(capsys, "attack", "--preset", "smoke", "--results", results, "--quiet")
@@ -94,6 +95,7 @@ def test_train_then_attack_prints_metrics_raw_values_and_scores(capsys, tmp_path
         assert code == 0 and f"queries attacked: {expected} test images" in out, out
 
 
+@pytest.mark.slow
 def test_defense_params_change_the_checkpoint_key(capsys, tmp_path):
     results = str(tmp_path)
     base = ["train", "--preset", "smoke", "--defense", "ga", "--results", results, "--quiet"]

@@ -167,6 +167,7 @@ def _tiny_preset(**kw) -> Preset:
     return Preset(**values)
 
 
+@pytest.mark.slow
 def test_trainer_is_reproducible_and_records_telemetry():
     bundle = load_digits()
     states = []

@@ -54,6 +54,7 @@ def _edit_by_hand(path: Path) -> float:
     return original
 
 
+@pytest.mark.slow
 def test_manifest_records_every_file_written(one_cell, capsys):
     entries = store.read_manifest(one_cell)
     names = {str(p.relative_to(one_cell)) for p in store.store_files(one_cell)}
@@ -63,6 +64,7 @@ def test_manifest_records_every_file_written(one_cell, capsys):
     assert "2 file(s) match" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_hand_edited_cell_is_reported_refused_and_recomputed(results, tmp_path, capsys):
     cell = store.cell_files(results)[0]
     name = str(cell.relative_to(results))
@@ -91,6 +93,7 @@ def test_hand_edited_cell_is_reported_refused_and_recomputed(results, tmp_path, 
     assert main(["verify", "--results", str(results)]) == 0
 
 
+@pytest.mark.slow
 def test_store_without_manifest_is_unrecorded_then_adopted(results, capsys):
     store.manifest_path(results).unlink()
     assert main(["verify", "--results", str(results)]) == 0  # unrecorded is not tampered

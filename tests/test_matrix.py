@@ -171,6 +171,7 @@ def smoke_run(tmp_path_factory, _module_cache) -> SmokeRun:
 # 1. Rows, types, provenance, files, telemetry
 
 
+@pytest.mark.slow
 def test_smoke_matrix_rows_types_provenance_files(smoke_run):
     summary, df, results = smoke_run.summary, smoke_run.rows, smoke_run.results
     assert (summary.total, summary.computed, summary.skipped, summary.by_other) == (4, 4, 0, 0)
@@ -243,6 +244,7 @@ def test_smoke_matrix_rows_types_provenance_files(smoke_run):
     pd.testing.assert_frame_equal(keys.astype(object), tele_keys.loc[keys.index].astype(object))
 
 
+@pytest.mark.slow
 def test_whole_suite_cell_reuses_checkpoint_and_scores(smoke_run, tmp_path):
     """The default (whole) attack suite: ERS and every ARS row appear; training is reused, not redone."""
     results = with_checkpoints(smoke_run.results, tmp_path / "results")
@@ -274,6 +276,7 @@ def test_whole_suite_cell_reuses_checkpoint_and_scores(smoke_run, tmp_path):
 # 2. Resume: nothing recomputed; a changed setting is a new cell
 
 
+@pytest.mark.slow
 def test_rerun_computes_nothing_and_changed_setting_is_new_cell(smoke_run, tmp_path, monkeypatch):
     before = mtimes(smoke_run.results)
     summary = run_matrix(["digits"], DEFENSES, SEEDS, preset="smoke", results_dir=smoke_run.results,
@@ -316,6 +319,7 @@ def test_rerun_computes_nothing_and_changed_setting_is_new_cell(smoke_run, tmp_p
 # 3. Killed mid-matrix
 
 
+@pytest.mark.slow
 def test_killed_matrix_resumes_without_recomputing(smoke_run, tmp_path):
     attacks = ("ca+",)
     results = with_checkpoints(smoke_run.results, tmp_path / "results")
@@ -352,6 +356,7 @@ def test_killed_matrix_resumes_without_recomputing(smoke_run, tmp_path):
     assert not list((results / "cells" / "digits").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_ends_the_run_cleanly(smoke_run, tmp_path, stop):
     """SIGTERM (a scheduler's or `kill`'s default) and SIGINT stop a run like Ctrl-C: exit 130, the
@@ -378,6 +383,7 @@ def test_stop_signal_ends_the_run_cleanly(smoke_run, tmp_path, stop):
 # 4. A corrupt cell file
 
 
+@pytest.mark.slow
 def test_corrupt_cell_file_is_reported_and_recomputed(smoke_run, tmp_path, capsys):
     results = tmp_path / "results"
     shutil.copytree(smoke_run.results, results)
@@ -406,6 +412,7 @@ def test_corrupt_cell_file_is_reported_and_recomputed(smoke_run, tmp_path, capsy
 # 5. Unusable results paths
 
 
+@pytest.mark.slow
 def test_unusable_results_paths_give_clear_errors(smoke_run, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -453,6 +460,7 @@ def test_unusable_results_paths_give_clear_errors(smoke_run, tmp_path, monkeypat
 # 6. Dask: the same rows as the local executor
 
 
+@pytest.mark.slow
 def test_dask_executor_gives_the_same_rows_as_local(smoke_run, tmp_path):
     """Seeded everywhere, and one torch thread per Dask task by default, as in the local run."""
     pytest.importorskip("distributed")
@@ -490,6 +498,7 @@ def test_local_cluster_workers_do_not_trim_memory_every_free():
 # 7. Two processes on one results directory
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_results_directory(smoke_run, tmp_path):
     attacks = ("qa+",)
     results = with_checkpoints(smoke_run.results, tmp_path / "results")
@@ -522,6 +531,7 @@ def test_two_processes_share_one_results_directory(smoke_run, tmp_path):
 # 8. The command line
 
 
+@pytest.mark.slow
 def test_cli_run_results_leaderboard(smoke_run, tmp_path, capsys):
     results = with_checkpoints(smoke_run.results, tmp_path / "results")
     assert main(["run", "--preset", "smoke", "--defenses", "nt", "--attacks", "ca+,ca-", "--results", str(results),

@@ -197,6 +197,7 @@ def test_bad_inputs_raise_benchmark_error(kwargs, match):
         retrieval_metrics(embeddings, labels, nmi=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_benchmark_metrics_10k(benchmark):
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.nn.functional.normalize(torch.randn(10_000, 512, generator=generator), dim=1)

@@ -251,6 +251,7 @@ def _check_submission(results: Path, out: Path, *, source: str, sha: str) -> Non
     assert f'data-sort="plugin">plugin {sha[:8]}' in board  # the Kind column marks it as a plugin
 
 
+@pytest.mark.slow
 def test_submit_plugin_file(submitted):
     assert submitted.code == 0, submitted.err
     assert f"plugin defense '{PLUGIN_NAME}'" in submitted.err and "passed validation" in submitted.err
@@ -264,6 +265,7 @@ def test_submit_plugin_file(submitted):
     assert ">nt</td>" in board and 'data-sort="built-in">built-in' in board  # ranked beside the built-in
 
 
+@pytest.mark.slow
 def test_submit_audits_the_plugin_by_default(submitted):
     """A plugin cannot enter the ranking unaudited: ``rrb submit`` without ``--no-audit`` stores an
     audit of the plugin's cell and the board shows its verdict, not the 'UNAUDITED plugin' warning."""
@@ -279,6 +281,7 @@ def test_submit_audits_the_plugin_by_default(submitted):
     assert "pass 1/1" in line or "FLAGGED 1/1" in line
 
 
+@pytest.mark.slow
 def test_submit_installed_plugin_by_name(installed_plugin, submitted, tmp_path, capsys):
     """Submitting the installed copy of the example by its name gives the same cell (same code, same hash):
     the file submission's checkpoint is reused, and the rows are marked as coming from the package."""
@@ -376,6 +379,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_plugin_is_refused_and_writes_nothing(case, results_copy, tmp_path, capsys):
     source, expected = BROKEN[case]
@@ -436,6 +440,7 @@ class CandidateRank(CandidateAttackPlus):
 """
 
 
+@pytest.mark.slow
 def test_attack_plugin_is_an_extra_column(results_copy, tmp_path, capsys):
     plugin = tmp_path / "rank_attack.py"
     plugin.write_text(textwrap.dedent(ATTACK_PLUGIN))

@@ -168,6 +168,7 @@ def _cell_values(rows, model: str) -> dict[str, float]:
     return {f"{a}/{m}": float(v) for a, m, v in cell[["attack", "metric", "value"]].itertuples(index=False)}
 
 
+@pytest.mark.slow
 def test_capped_nt_scores_the_ranked_ers_of_nt_and_is_flagged(nt_and_capped_nt):
     rows, telemetry = nt_and_capped_nt
     plain, shrunk = _cell_values(rows, "c2f2"), _cell_values(rows, "c2f2-capped")
@@ -188,6 +189,7 @@ def test_capped_nt_scores_the_ranked_ers_of_nt_and_is_flagged(nt_and_capped_nt):
     assert by_entry.loc["nt-capped", "index_breaks"] == 1.0 and by_entry.loc["nt", "index_breaks"] == 0.0
 
 
+@pytest.mark.slow
 def test_board_ranks_by_the_scale_free_ers_and_flags_the_cap(nt_and_capped_nt):
     rows, telemetry = nt_and_capped_nt
     board = build_boards(rows, telemetry, plots=False)[0]
@@ -201,6 +203,7 @@ def test_board_ranks_by_the_scale_free_ers_and_flags_the_cap(nt_and_capped_nt):
     assert "nt-capped" in board.geometry_findings and "float32" in board.geometry_findings
 
 
+@pytest.mark.slow
 def test_cells_stored_before_the_ranked_ers_show_it_as_robrank(nt_and_capped_nt):
     rows, telemetry = nt_and_capped_nt
     legacy = rows[~((rows["attack"] == "score") & (rows["metric"] == "ERS:RobRank"))].copy()

@@ -66,6 +66,7 @@ def _median_seconds(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+@pytest.mark.slow
 def test_hm_training_step_costs_little_beyond_its_pgd_passes():
     model, optimizer, defense, ctx, images, labels = _setup()
     result = _training_step(model, optimizer, defense, ctx, images, labels)  # warm-up
@@ -82,6 +83,7 @@ def test_hm_training_step_costs_little_beyond_its_pgd_passes():
     assert ratio < 2.0, f"an HM training step costs {ratio:.2f}x its (32 + 1) passes"
 
 
+@pytest.mark.slow
 def test_benchmark_hm_training_step(benchmark):
     """pytest-benchmark: one HM training step with 32 PGD steps, 64 pairs of digits, c2f2."""
     model, optimizer, defense, ctx, images, labels = _setup()

@@ -64,8 +64,6 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
     from attacks.base import Gallery
     from attacks.runner import select_queries
 
-    from .pgd import PGDConfig
-
     results_dir = Path(results_dir)
     cell, surrogate_cell, identity = plan_audit(config, spec, bundle=bundle)
     standard = store.read_cell_file(store.cell_path(results_dir, cell.bundle.name, cell.cell_id))
@@ -94,8 +92,8 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
         model_seconds = start - loading
         attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
         query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
-        config_pgd = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
-        report = run_audit(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, config_pgd, spec,
+        report = run_audit(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs,
+                           cell.profile.pgd_config(), spec,
                            query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
                            device=cell.device, surrogate=surrogate, progress=progress)
     seconds = time.perf_counter() - start

@@ -287,14 +287,11 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
 
     from attacks.base import Gallery
 
-    from .pgd import PGDConfig
-
     gallery = Gallery(gallery_embeddings, cell.bundle.test.labels.to(cell.device))
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names]
     budget = cell.preset.attack_queries if queries is None else (None if queries == "all" else int(queries))
     query_index = select_queries(len(cell.bundle.test), budget, cell.config.seed)
-    pgd_config = PGDConfig(cell.profile.epsilon, cell.profile.alpha, cell.profile.steps)
-    report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, pgd_config,
+    report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, cell.profile.pgd_config(),
                          query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
                          device=cell.device, progress=progress)
     eval_seconds = time.perf_counter() - eval_start

@@ -28,6 +28,7 @@ import torch
 from .errors import BenchmarkError
 from .losses import Triplets, row_distance
 from .pgd import PGDConfig, pgd
+from .presets import TrainingBudget
 
 
 @dataclass
@@ -44,17 +45,20 @@ class TrainContext:
     attention_lambda: float  # λ of collapseness (dataset dependent, recorded)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def pgd_config(self, defense_steps: int, *, alpha: float | None = None, alpha_scale: float = 1.0) -> PGDConfig:
-        """PGD budget for ``defense_steps`` nominal steps under this preset.
+    @classmethod
+    def under(cls, budget: TrainingBudget, **fields: Any) -> TrainContext:
+        """A context whose ε, α and divisor are ``budget``'s (the other fields as keywords)."""
+        return cls(epsilon=budget.epsilon, alpha=budget.alpha, pgd_divisor=budget.divisor, **fields)
 
-        ``alpha`` is the defense's own step size where it is not the profile's training α (the
-        TRIDE family: 2ε/16); ``alpha_scale`` multiplies it (the e/E schedule). At a faithful
-        preset (``pgd_divisor == 1``) this is exactly the published budget. A reduced-adversary
-        preset (smoke) divides the steps and multiplies the step size by the same divisor.
-        """
-        steps = 0 if defense_steps <= 0 else max(1, defense_steps // self.pgd_divisor)
-        base = self.alpha if alpha is None else alpha * self.pgd_divisor
-        return PGDConfig(self.epsilon, base * alpha_scale, steps)
+    @property
+    def budget(self) -> TrainingBudget:
+        return TrainingBudget(self.epsilon, self.alpha, self.pgd_divisor)
+
+    def pgd_config(self, defense_steps: int, *, alpha: float | None = None, alpha_scale: float = 1.0) -> PGDConfig:
+        """PGD budget for ``defense_steps`` nominal steps under this preset
+        (:meth:`benchmark.presets.TrainingBudget.pgd_config`: ``alpha`` is the defense's own step
+        size where it is not the profile's training α, ``alpha_scale`` multiplies it)."""
+        return self.budget.pgd_config(defense_steps, alpha=alpha, alpha_scale=alpha_scale)
 
     @property
     def progress(self) -> float:

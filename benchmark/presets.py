@@ -17,7 +17,51 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import BenchmarkError
+from .pgd import PGDConfig
 from .registry import PRESETS
+
+
+def reduced_pgd_steps(defense_steps: int, divisor: int) -> int:
+    """The PGD steps per training batch a defense declaring ``defense_steps`` runs under a preset
+    dividing them by ``divisor`` (at least one step when it takes any): the one rule, used both for
+    what the trainer records and for what the defense executes."""
+    if defense_steps <= 0:
+        return 0
+    return max(1, defense_steps // divisor)
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The adversarial-training budget a defense runs under: the profile's training ε and α, and
+    the preset's divisor of the PGD steps (1 at a faithful preset: the published adversary).
+
+    ``alpha`` is already multiplied by the divisor, so the total travel (steps · α) of a reduced
+    adversary stays the published one. :meth:`pgd_config` turns a defense's declared steps (and
+    its own step size, where it has one) into the PGD loop's config; :meth:`steps` is the count it
+    runs, which the trainer records."""
+
+    epsilon: float
+    alpha: float
+    divisor: int = 1
+
+    @classmethod
+    def of(cls, profile: AttackProfile, divisor: int = 1) -> TrainingBudget:
+        """The budget of ``profile``'s training ε and α under a preset dividing PGD steps by ``divisor``."""
+        return cls(profile.train_epsilon, profile.train_alpha * divisor, divisor)
+
+    def steps(self, defense_steps: int) -> int:
+        return reduced_pgd_steps(defense_steps, self.divisor)
+
+    def pgd_config(self, defense_steps: int, *, alpha: float | None = None, alpha_scale: float = 1.0) -> PGDConfig:
+        """PGD budget for ``defense_steps`` nominal steps.
+
+        ``alpha`` is the defense's own step size where it is not the profile's training α (the
+        TRIDE family: 2ε/16); ``alpha_scale`` multiplies it (the e/E schedule). At a faithful
+        preset (``divisor == 1``) this is exactly the published budget; a reduced-adversary preset
+        (smoke) divides the steps and multiplies the step size by the same divisor.
+        """
+        base = self.alpha if alpha is None else alpha * self.divisor
+        return PGDConfig(self.epsilon, base * alpha_scale, self.steps(defense_steps))
 
 
 @dataclass(frozen=True)
@@ -48,9 +92,12 @@ class Preset:
         return dict(self.epochs_by_dataset).get(dataset, self.epochs)
 
     def train_pgd_steps(self, defense_steps: int) -> int:
-        if defense_steps <= 0:
-            return 0
-        return max(1, defense_steps // self.train_pgd_divisor)
+        """PGD steps per training batch of a defense declaring ``defense_steps`` (:func:`reduced_pgd_steps`)."""
+        return reduced_pgd_steps(defense_steps, self.train_pgd_divisor)
+
+    def training_budget(self, profile: AttackProfile) -> TrainingBudget:
+        """The training budget of ``profile`` under this preset's divisor."""
+        return TrainingBudget.of(profile, self.train_pgd_divisor)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +144,10 @@ class AttackProfile:
     @property
     def id(self) -> str:
         return f"{self.name}-v{self.version}"
+
+    def pgd_config(self, *, steps: int | None = None) -> PGDConfig:
+        """The attack budget of this profile for the PGD loop (``steps``: another step count, same ε and α)."""
+        return PGDConfig(self.epsilon, self.alpha, self.steps if steps is None else steps)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -39,6 +39,7 @@ from .cell import CellConfig, cell_threads, resolve, train_or_load
 from .checkpoints import check_weights
 from .errors import BenchmarkError
 from .evaluation import embed_split
+from .presets import AttackProfile
 from .registry import ATTACKS
 from .scores import ers, ers_robrank
 
@@ -78,18 +79,16 @@ def study_dir(results_dir: str | os.PathLike, dataset: str, identity: str) -> Pa
     return Path(results_dir) / STUDIES_DIR / dataset / identity
 
 
-def study_runs(epsilon: float, alpha: float, spec: StudySpec) -> tuple:
-    """The runs of one study, in the order each batch makes them."""
+def study_runs(profile: AttackProfile, spec: StudySpec) -> tuple:
+    """The runs of one study at ``profile``'s ε and α, in the order each batch makes them."""
     from attacks.runner import Run
 
-    from .pgd import PGDConfig
-
-    longest = PGDConfig(epsilon, alpha, spec.budgets[-1])
+    longest = profile.pgd_config(steps=spec.budgets[-1])
     runs = [Run("fixed", longest, record=spec.budgets)]
     runs += [Run(f"restart:{i + 1}", replace(longest, random_start=True), stream="study-restarts",
                  record=spec.budgets) for i in range(spec.restarts)]
     if spec.apgd:
-        runs += [Run(f"apgd:{k}", PGDConfig(epsilon, alpha, k), method="apgd", record=(k,)) for k in spec.budgets]
+        runs += [Run(f"apgd:{k}", profile.pgd_config(steps=k), method="apgd", record=(k,)) for k in spec.budgets]
     return tuple(runs)
 
 
@@ -138,7 +137,7 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
                 gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
                                   cell.bundle.test.labels.to(cell.device))
                 query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
-                runs = study_runs(cell.profile.epsilon, cell.profile.alpha, spec)
+                runs = study_runs(cell.profile, spec)
                 for attack in todo:
                     start = time.perf_counter()
                     outcome = attack_queries(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack, runs,

@@ -94,8 +94,8 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), **settings)
     generator = torch.Generator().manual_seed(seed)
     sampler = SPC2Sampler(split.labels, preset.batch_pairs, generator)
-    nominal_steps = defense_pgd_steps(defense)
-    history = TrainHistory(pgd_steps=preset.train_pgd_steps(nominal_steps))
+    budget = preset.training_budget(profile)
+    history = TrainHistory(pgd_steps=budget.steps(defense_pgd_steps(defense)))
     defense.reset()
     epochs = preset.epochs_for(bundle.name)
     total = epochs * len(sampler)
@@ -108,11 +108,8 @@ def train_model(
         for index in sampler:
             images = split.batch(index, train=True, generator=generator).to(device)
             labels = split.labels[index].to(device)
-            ctx = TrainContext(
-                epoch=epoch, num_epochs=epochs, step=step, epsilon=profile.train_epsilon,
-                alpha=profile.train_alpha * preset.train_pgd_divisor, pgd_divisor=preset.train_pgd_divisor,
-                generator=generator, attention_lambda=attention_lambda, device=device,
-            )
+            ctx = TrainContext.under(budget, epoch=epoch, num_epochs=epochs, step=step, generator=generator,
+                                     attention_lambda=attention_lambda, device=device)
             model.set_train_mode(adversarial=defense.trains_batchnorm)
             result = defense.training_step(model, images, labels, ctx)
             loss = result.loss

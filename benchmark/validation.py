@@ -122,6 +122,10 @@ def check_plugins_in_use(defenses: list[str] | tuple[str, ...] = (), attacks: li
 
 
 _CHECKED: set[tuple[str, str, str | None]] = set()
+# The one validation step of a plugin defense runs a reduced adversary (its PGD steps divided by
+# this, the step size multiplied by it, as a reduced preset does): a check of the interface and the
+# budget, cheap enough to run before every use.
+CHECK_PGD_DIVISOR = 8
 
 
 def _guarded(name: str, kind: str, check) -> None:
@@ -142,7 +146,6 @@ def check_attack(entry: Entry, seed: int = 0) -> None:
     from .datasets import load_digits
     from .evaluation import embed_split
     from .models import C2F2
-    from .pgd import PGDConfig
     from .presets import PROFILES
 
     name, cls = entry.name, entry.obj
@@ -167,10 +170,9 @@ def check_attack(entry: Entry, seed: int = 0) -> None:
     model = C2F2(embedding_dim=32).eval()
     test = bundle.test.subset(torch.arange(64))
     gallery = Gallery(embed_split(model, test, device=torch.device("cpu")), test.labels)
-    profile = PROFILES["rob28"]
     try:
         report = run_attacks(model, lambda idx: test.batch(idx), gallery, [attack],
-                             PGDConfig(profile.epsilon, profile.alpha, 2), query_index=torch.arange(4),
+                             PROFILES["rob28"].pgd_config(steps=2), query_index=torch.arange(4),
                              batch_size=4, seed=seed, device=torch.device("cpu"), progress=False)
     except BenchmarkError as exc:
         raise BenchmarkError(f"plugin attack {name!r} failed on a tiny batch: {exc}") from None
@@ -215,7 +217,7 @@ def _check(entry: Entry, seed: int) -> tuple[float, int, bool]:
 def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float, int, bool]:
     from .datasets import SPC2Sampler, load_digits
     from .models import C2F2
-    from .presets import PROFILES
+    from .presets import PROFILES, TrainingBudget
 
     torch.manual_seed(seed)
     bundle = load_digits()
@@ -223,10 +225,8 @@ def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float
     index = next(iter(SPC2Sampler(bundle.train.labels, 8, generator)))
     images, labels = bundle.train.batch(index), bundle.train.labels[index]
     model = C2F2(embedding_dim=32)
-    profile = PROFILES["rob28"]
-    ctx = TrainContext(epoch=1, num_epochs=2, step=1, epsilon=profile.train_epsilon,
-                       alpha=profile.train_alpha * 8, pgd_divisor=8, generator=generator,
-                       attention_lambda=10.0)
+    ctx = TrainContext.under(TrainingBudget.of(PROFILES["rob28"], CHECK_PGD_DIVISOR), epoch=1, num_epochs=2,
+                             step=1, generator=generator, attention_lambda=10.0)
     model.set_train_mode(adversarial=defense.trains_batchnorm)
     try:
         defense.reset()

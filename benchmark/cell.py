@@ -22,7 +22,6 @@ from .checkpoints import (
     WEIGHTS_METRIC,
     TrainedModel,
     load_checkpoint,
-    make_model,
     save_checkpoint,
     weights_sha256,
     weights_value,
@@ -31,6 +30,7 @@ from .datasets import DatasetBundle, load_dataset
 from .defense import Defense
 from .errors import BenchmarkError
 from .evaluation import embed_split
+from .models import make_model
 from .plugins import load_builtins
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .provenance import provenance
@@ -124,6 +124,14 @@ class ResolvedCell:
     def checkpoint_path(self, results_dir: Path) -> Path:
         return Path(results_dir) / "checkpoints" / self.bundle.name / f"{self.defense_name}-s{self.config.seed}-{self.train_id[:16]}.pt"
 
+    def new_model(self) -> torch.nn.Module:
+        """A freshly initialised model of this cell (its architecture, input channels and weights)."""
+        return make_model(self.model_name, in_channels=self.bundle.in_channels, weights=self.config.weights)
+
+    def load_checkpoint(self, path: Path) -> TrainedModel | None:
+        """This cell's trained model from ``path``; ``None`` when the file is corrupt or another cell's."""
+        return load_checkpoint(path, self.train_id, self.new_model, self.device)
+
 
 def attack_implementations(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Per attack: its implementation version, its hyper-parameters (as the suite runs it) and, for a
@@ -202,16 +210,16 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
     (weights_only=True)."""
     path = cell.checkpoint_path(results_dir)
     if path.exists() and not retrain:
-        loaded = load_checkpoint(cell, path)
+        loaded = cell.load_checkpoint(path)
         if loaded is not None:
             return loaded
     with cell_threads(cell):
         seed_everything(cell.config.seed)
-        model = make_model(cell)
+        model = cell.new_model()
         history = train_model(model, cell.bundle, cell.defense, cell.preset, cell.profile, seed=cell.config.seed,
                               device=cell.device, attention_lambda=cell.attention_lambda,
                               model_name=cell.model_name, progress=progress)
-    save_checkpoint(cell, model, history, path)
+    save_checkpoint(path, model, history, train_id=cell.train_id, train_payload=cell.train_payload())
     return TrainedModel(model, history, loaded=False)
 
 

@@ -1,8 +1,10 @@
-"""Checkpoints of trained cell models: the model a cell builds, and its weights plus training
-history saved atomically and read back with ``weights_only=True``.
+"""Checkpoints of trained models: weights plus training history, saved atomically and read back
+with ``weights_only=True``.
 
-A checkpoint is named by the cell's training id; one written for another configuration, or a
-truncated file, is ignored (the cell retrains) rather than trusted.
+A checkpoint carries the training id it was written for (the cell's ``train_id``, the hash of
+what decides the weights); one written for another configuration, or a truncated file, is
+ignored (the cell retrains) rather than trusted. This module takes plain values (the id, the
+training payload, a model factory) and knows nothing of cells.
 
 The evaluated model is the stored model: a cell's rows carry the sha256 of the weights it attacked
 (:func:`weights_sha256`, row ``attack = "training"``, ``metric = "weights_sha256"``: the full
@@ -16,18 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .atomic import atomic_write
-from .models import build_model
 from .trainer import TrainHistory
-
-if TYPE_CHECKING:
-    from .cell import ResolvedCell
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_METRIC = "weights_sha256"
@@ -70,15 +69,6 @@ def check_weights(trained: TrainedModel, rows: Any, what: str) -> bool:
     return same
 
 
-def make_model(cell: ResolvedCell) -> torch.nn.Module:
-    kwargs: dict[str, Any] = {}
-    if cell.model_name == "resnet18" and cell.config.weights:
-        kwargs["weights"] = cell.config.weights
-    if cell.model_name == "c2f2" and cell.bundle.in_channels != 1:
-        kwargs["in_channels"] = cell.bundle.in_channels
-    return build_model(cell.model_name, **kwargs)
-
-
 @dataclass
 class TrainedModel:
     model: torch.nn.Module
@@ -86,11 +76,14 @@ class TrainedModel:
     loaded: bool  # True when read from an existing checkpoint
 
 
-def save_checkpoint(cell: ResolvedCell, model: torch.nn.Module, history: TrainHistory, path: Path) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, history: TrainHistory, *, train_id: str,
+                    train_payload: dict[str, Any]) -> None:
+    """Write ``model`` and its ``history`` to ``path``, keyed by ``train_id`` (``train_payload``, what
+    decides the weights, is stored beside it for a reader)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "train_id": cell.train_id,
-        "config": json.dumps(cell.train_payload(), sort_keys=True, default=str),
+        "train_id": train_id,
+        "config": json.dumps(train_payload, sort_keys=True, default=str),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "telemetry": history.telemetry,
         "epoch_seconds": history.epoch_seconds,
@@ -106,17 +99,19 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(cell: ResolvedCell, path: Path) -> TrainedModel | None:
-    """Load a checkpoint; ``None`` when it is corrupt or belongs to another config."""
+def load_checkpoint(path: Path, train_id: str, new_model: Callable[[], torch.nn.Module],
+                    device: torch.device | str = "cpu") -> TrainedModel | None:
+    """Load a checkpoint into a model from ``new_model()``, on ``device`` in eval mode; ``None`` when
+    it is corrupt or was written for another training id."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("train_id") != cell.train_id:
+        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("train_id") != train_id:
             return None
-        model = make_model(cell)
+        model = new_model()
         model.load_state_dict(payload["state_dict"])
     except Exception:  # a truncated or foreign file: retrain rather than fail
         return None
-    model.to(cell.device).eval()
+    model.to(device).eval()
     history = TrainHistory(telemetry=list(payload["telemetry"]), epoch_seconds=list(payload["epoch_seconds"]),
                            train_seconds=float(payload["train_seconds"]), pgd_steps=int(payload["pgd_steps"]),
                            steps=int(payload["steps"]))

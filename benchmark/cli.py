@@ -364,7 +364,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from .cell import evaluate_cell, resolve
-    from .checkpoints import load_checkpoint
     from .scores import ARS_KEYS, ERS_KEYS
 
     _load_plugins(args.plugin)
@@ -372,7 +371,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     _check_plugins(cell)
     results = _check_results_dir(args.results, create=False)
     path = cell.checkpoint_path(results)
-    trained = load_checkpoint(cell, path) if path.exists() else None
+    trained = cell.load_checkpoint(path) if path.exists() else None
     if trained is None:
         command = ["rrb train", f"--dataset {cell.bundle.name}", f"--defense {cell.defense_name}",
                    f"--preset {cell.preset.name}", f"--seed {cell.config.seed}"]

@@ -120,6 +120,17 @@ def build_model(name: str, **kwargs) -> EmbeddingModel:
     return MODELS.create(name, **kwargs)
 
 
+def make_model(name: str, *, in_channels: int = 1, weights: str | Path | None = None) -> EmbeddingModel:
+    """The model a cell trains: ``name`` (canonical) built for a dataset with ``in_channels``
+    channels (c2f2), with ImageNet ``weights`` (resnet18: a local ``.pth`` or ``"imagenet"``)."""
+    kwargs: dict[str, object] = {}
+    if name == "resnet18" and weights:
+        kwargs["weights"] = weights
+    if name == "c2f2" and in_channels != 1:
+        kwargs["in_channels"] = in_channels
+    return build_model(name, **kwargs)
+
+
 # Adam settings per model (SPEC §3).
 OPTIMIZER_SETTINGS = {"c2f2": {"lr": 1e-3, "weight_decay": 1e-7},
                       "resnet18": {"lr": 1e-5, "weight_decay": 4e-4}}

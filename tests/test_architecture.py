@@ -22,16 +22,11 @@ def project_modules() -> dict[str, Path]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def module_level_imports(name: str, path: Path, modules: dict[str, Path], *, deferred: bool = True) -> set[str]:
     """Project modules ``name`` imports, at module level and (``deferred``) inside functions too: an
     import deferred into a function still makes the two modules depend on each other. Imports under
-    ``TYPE_CHECKING`` are annotations only and do not count. ``benchmark.plugins`` imports the
+    ``TYPE_CHECKING`` count too: a module that names another's type depends on it, and a circle
+    through annotations is a circle a reader has to follow. ``benchmark.plugins`` imports the
     built-in packages by name (``BUILTIN_MODULES``); those count as imports."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -39,9 +34,8 @@ def module_level_imports(name: str, path: Path, modules: dict[str, Path], *, def
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
             if isinstance(node, ast.If):
-                if not _is_type_checking(node):
-                    visit(node.body)
-                    visit(node.orelse)
+                visit(node.body)
+                visit(node.orelse)
             elif isinstance(node, ast.Try):
                 visit(node.body)
             elif deferred and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With,

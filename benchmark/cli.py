@@ -105,8 +105,8 @@ def _common(p: argparse.ArgumentParser, *, results: bool = True) -> None:
 def _cell_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="dataset name (rrb list datasets); default digits")
     p.add_argument("--defense", default="nt", help="defense name (rrb list defenses); default nt")
-    p.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a defense hyper-parameter (repeatable)")
+    p.add_argument("--defense-param", action="append", default=[], metavar="[DEFENSE:]NAME=VALUE",
+                   help="override a hyper-parameter of the defense, e.g. gamma=0.05 or ga:gamma=0.05 (repeatable)")
     p.add_argument("--preset", default="quick", help="smoke, quick (default) or paper")
     p.add_argument("--seed", type=_seed, default=0, help=f"integer from 0 to {MAX_SEED} (default 0)")
     p.add_argument("--profile", default="auto", help="auto (default), rob28 or rob224")
@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _matrix_args(p)
     p.add_argument("--defenses", type=_csv, default=None, metavar="A,B,...",
                    help="defenses of the matrix (default: every built-in defense; rrb list defenses)")
-    p.add_argument("--defense-param", action="append", default=[], metavar="DEFENSE:NAME=VALUE",
-                   help="override one defense's hyper-parameter, e.g. ga:gamma=0.05 (repeatable)")
+    p.add_argument("--defense-param", action="append", default=[], metavar="[DEFENSE:]NAME=VALUE",
+                   help="override one defense's hyper-parameter, e.g. ga:gamma=0.05; NAME=VALUE alone when "
+                        "--defenses names one defense (repeatable)")
     p.add_argument("--attacks", type=_csv, default=None, metavar="A,B,...",
                    help="attacks of every cell (default: the whole ERS suite; rrb list attacks)")
     p.add_argument("--leaderboard", default=None, metavar="DIR",
@@ -307,9 +308,8 @@ class _plugin_failures:
 
 def _cell_config(args: argparse.Namespace, **overrides):
     from .cell import CellConfig
-    from .defense import parse_params
 
-    params = tuple(sorted(parse_params(args.defense_param).items()))
+    params = tuple(sorted(_cell_defense_params(args.defense, args.defense_param).items()))
     values = dict(dataset=args.dataset, defense=args.defense, seed=args.seed, preset=args.preset,
                   profile=args.profile, model=args.model, defense_params=params,
                   attention_lambda=args.attention_lambda, data_root=args.data_root, weights=args.weights,
@@ -409,17 +409,28 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _matrix_defense_params(items: list[str]) -> dict[str, dict[str, str]]:
-    """``DEFENSE:NAME=VALUE`` items as {defense: {name: value}}."""
-    from .defense import parse_params
+def _cell_defense_params(defense: str, items: list[str]) -> dict[str, str]:
+    """The ``--defense-param`` items of a one-defense command (``NAME=VALUE`` or ``DEFENSE:NAME=VALUE``
+    naming that defense, or one of its aliases)."""
+    from .defense import parse_defense_params
+    from .plugins import load_builtins
+    from .registry import DEFENSES
 
-    out: dict[str, list[str]] = {}
-    for item in items:
-        defense, sep, assignment = item.partition(":")
-        if not sep or not defense.strip() or "=" not in assignment:
-            raise BenchmarkError(f"--defense-param {item!r}: expected DEFENSE:NAME=VALUE, e.g. ga:gamma=0.05")
-        out.setdefault(defense.strip(), []).append(assignment)
-    return {defense: parse_params(values) for defense, values in out.items()}
+    by_defense = parse_defense_params(items, [defense])
+    if any(name != defense for name in by_defense):
+        load_builtins()
+        others = sorted({name for name in by_defense if DEFENSES.canonical(name) != DEFENSES.canonical(defense)})
+        if others:
+            raise BenchmarkError(f"--defense-param names defense {others[0]!r}, but this command runs {defense!r}; "
+                                 f"accepted: NAME=VALUE or {defense}:NAME=VALUE")
+    return {name: value for params in by_defense.values() for name, value in params.items()}
+
+
+def _matrix_defense_params(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """The ``--defense-param`` items of a matrix command as {defense: {name: value}}."""
+    from .defense import parse_defense_params
+
+    return parse_defense_params(getattr(args, "defense_param", []), getattr(args, "defenses", None))
 
 
 def _summary_line(summary) -> str:
@@ -476,7 +487,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_matrix(args.datasets, here, args.seeds, preset=args.preset, profile=args.profile,
                              results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
                              workers=args.workers, data_root=args.data_root, device=args.device,
-                             defense_params=_matrix_defense_params(args.defense_param),
+                             defense_params=_matrix_defense_params(args),
                              plugins=[] if args.plugin else args.plugin,
                              progress=not args.quiet, attacks=args.attacks, threads=args.threads, audit=audit)
         lines.insert(0, _summary_line(summary))
@@ -570,7 +581,7 @@ def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, plugin
     return {"datasets": args.datasets, "defenses": defenses, "seeds": args.seeds, "preset": args.preset,
             "profile": args.profile, "executor": args.executor, "scheduler": args.scheduler,
             "workers": args.workers, "data_root": args.data_root, "device": args.device,
-            "defense_params": _matrix_defense_params(getattr(args, "defense_param", [])),
+            "defense_params": _matrix_defense_params(args),
             "plugins": [str(Path(p).expanduser().resolve()) for p in plugins], "progress": not args.quiet,
             "attacks": getattr(args, "attacks", None), "threads": getattr(args, "threads", None),
             "audit": audit_spec_dict(audit)}

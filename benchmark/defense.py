@@ -6,7 +6,7 @@ third-party ones subclass :class:`Defense` the same way and register with
 ``@DEFENSES.register("name")`` (or through the ``rrb.defenses`` entry-point group).
 
 Hyper-parameters are dataclass fields of the defense class, with the published defaults; the
-CLI's ``--defense-param name=value`` overrides them (the value is converted to the field's type)
+CLI's ``--defense-param [defense:]name=value`` overrides them (the value is converted to the field's type)
 and ``params()`` records them with the run. A field declared with :func:`param` carries its valid
 range (or choices), checked when the defense is built, before any training: a bad value is one
 clear :class:`BenchmarkError` naming what is accepted.
@@ -19,7 +19,7 @@ defense's code changes while its version does not).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -217,6 +217,31 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def parse_defense_params(items: list[str] | None, defenses: Sequence[str] | None) -> dict[str, dict[str, str]]:
+    """Parse ``--defense-param`` items as ``{defense: {name: value}}``.
+
+    One syntax for every command: ``DEFENSE:NAME=VALUE`` is accepted everywhere; the short
+    ``NAME=VALUE`` where exactly one defense is named (``defenses``: the command's defenses, as
+    given; ``None`` for the default matrix of every built-in), and then it belongs to that one.
+    Which defenses the names refer to is checked by the caller (it knows the registry).
+    """
+    named = list(defenses or [])
+    grouped: dict[str, list[str]] = {}
+    for item in items or []:
+        key, equals, value = item.partition("=")
+        defense, colon, name = key.partition(":")
+        if not colon:
+            if len(named) != 1:
+                raise BenchmarkError(f"--defense-param {item!r}: expected DEFENSE:NAME=VALUE, e.g. ga:gamma=0.05 "
+                                     "(NAME=VALUE alone only where one defense is named)")
+            defense, name = named[0], key
+        if not equals or not defense.strip() or not name.strip():
+            form = "DEFENSE:NAME=VALUE, e.g. ga:gamma=0.05" + (" (or NAME=VALUE)" if len(named) == 1 else "")
+            raise BenchmarkError(f"--defense-param {item!r}: expected {form}")
+        grouped.setdefault(defense.strip(), []).append(f"{name}={value}")
+    return {defense: parse_params(assignments) for defense, assignments in grouped.items()}
 
 
 # -- helpers for defense authors ---------------------------------------------------------------

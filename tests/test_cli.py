@@ -113,3 +113,26 @@ def test_an_out_of_range_parameter_fails_before_training(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "rrb: error: defense 'hm': margin=-5.0 is not accepted; accepted: 0 ≤ margin"]
     assert not (tmp_path / "r").exists()
+
+
+def test_defense_param_has_one_syntax_everywhere(capsys, tmp_path):
+    """DEFENSE:NAME=VALUE is accepted by every command; NAME=VALUE alone where one defense is named."""
+    from benchmark.cli import _cell_config, build_parser
+    from benchmark.defense import parse_defense_params
+    from benchmark.errors import BenchmarkError
+
+    assert parse_defense_params(["ga:gamma=0.05"], ["ga"]) == parse_defense_params(["gamma=0.05"], ["ga"]) \
+        == {"ga": {"gamma": "0.05"}}
+    assert parse_defense_params(["ga:gamma=0.05", "hm:margin=0.3"], None) == {"ga": {"gamma": "0.05"},
+                                                                               "hm": {"margin": "0.3"}}
+    with pytest.raises(BenchmarkError, match="DEFENSE:NAME=VALUE"):
+        parse_defense_params(["gamma=0.05"], ["ga", "nt"])
+    configs = [_cell_config(build_parser().parse_args(["train", "--defense", "ga", "--defense-param", item]))
+               for item in ("gamma=0.05", "ga:gamma=0.05")]
+    assert configs[0] == configs[1] and configs[0].defense_params == (("gamma", "0.05"),)
+    code, _, err = run_cli(capsys, "train", "--defense", "ga", "--defense-param", "nt:margin=1",
+                           "--results", str(tmp_path / "r"))
+    assert code == 2 and "this command runs 'ga'" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(capsys, "run", "--defenses", "ga,nt", "--defense-param", "gamma=1",
+                           "--results", str(tmp_path / "r"))
+    assert code == 2 and "DEFENSE:NAME=VALUE" in err and not (tmp_path / "r").exists()

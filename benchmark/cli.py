@@ -478,18 +478,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if Path(args.results).exists():
             check_results_dir(args.results)
         request = {"command": "run", "results": args.results,
-                   "matrix": _matrix_request(args, apart, args.plugin, audit=audit)}
+                   "matrix": _matrix_request(args, apart, _matrix_options(args, args.plugin, audit=audit))}
         outcome = run_apart(request, args.results, hashes)
         lines.append(f"rrb: plugin cells (run apart, {len(outcome.stored)} stored after checking their rows): "
                      + outcome.summary)
         ids |= set(outcome.cell_ids)
     if here is None or here:
-        summary = run_matrix(args.datasets, here, args.seeds, preset=args.preset, profile=args.profile,
-                             results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
-                             workers=args.workers, data_root=args.data_root, device=args.device,
-                             defense_params=_matrix_defense_params(args),
-                             plugins=[] if args.plugin else args.plugin,
-                             progress=not args.quiet, attacks=args.attacks, threads=args.threads, audit=audit)
+        summary = run_matrix(args.datasets, here, args.seeds, _matrix_options(args, [], audit=audit))
         lines.insert(0, _summary_line(summary))
         ids |= {c.cell_id for c in summary.cells} | set(summary.cell_ids)
     for line in lines:
@@ -574,17 +569,21 @@ def _audit_spec():
     return AuditSpec()
 
 
-def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, plugins: list[str], *, audit) -> dict:
-    """The run_matrix arguments a child process (benchmark.isolation) runs."""
-    from .isolation import audit_spec_dict
+def _matrix_options(args: argparse.Namespace, plugins: list[str], *, audit):
+    """The run_matrix options of a matrix command (``rrb run``, ``rrb submit``)."""
+    from .matrix import MatrixOptions
 
-    return {"datasets": args.datasets, "defenses": defenses, "seeds": args.seeds, "preset": args.preset,
-            "profile": args.profile, "executor": args.executor, "scheduler": args.scheduler,
-            "workers": args.workers, "data_root": args.data_root, "device": args.device,
-            "defense_params": _matrix_defense_params(args),
-            "plugins": [str(Path(p).expanduser().resolve()) for p in plugins], "progress": not args.quiet,
-            "attacks": getattr(args, "attacks", None), "threads": getattr(args, "threads", None),
-            "audit": audit_spec_dict(audit)}
+    return MatrixOptions(preset=args.preset, profile=args.profile, results_dir=args.results, executor=args.executor,
+                         scheduler=args.scheduler, workers=args.workers, data_root=args.data_root,
+                         device=args.device, defense_params=_matrix_defense_params(args),
+                         plugins=tuple(str(Path(p).expanduser().resolve()) for p in plugins),
+                         progress=not args.quiet, attacks=getattr(args, "attacks", None),
+                         threads=getattr(args, "threads", None), audit=audit)
+
+
+def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, options) -> dict:
+    """The matrix a child process (benchmark.isolation) runs: its datasets, defenses, seeds and options."""
+    return {"datasets": args.datasets, "defenses": defenses, "seeds": args.seeds, "options": options.to_json()}
 
 
 def _board_has_builtins(results: str, datasets: list[str], preset: str) -> list[str]:
@@ -619,7 +618,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             check_results_dir(args.results)
         request = {"command": "submit", "plugin": str(target.expanduser().resolve()), "results": args.results,
                    "extra_plugins": [str(Path(p).expanduser().resolve()) for p in args.plugin],
-                   "matrix": _matrix_request(args, None, args.plugin, audit=audit)}
+                   "matrix": _matrix_request(args, None, _matrix_options(args, args.plugin, audit=audit))}
         outcome = run_apart(request, args.results, hashes)
         name, summary_line, ids = outcome.entry, "rrb: " + outcome.summary, set(outcome.cell_ids)
         print(f"rrb: stored {len(outcome.stored)} cell(s) and {len(outcome.audits)} audit(s) the plugin run "
@@ -634,10 +633,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(checked.describe(), file=sys.stderr)
         check_results_dir(args.results)
         try:
-            summary = run_matrix(args.datasets, [name], args.seeds, preset=args.preset, profile=args.profile,
-                                 results_dir=args.results, executor=args.executor, scheduler=args.scheduler,
-                                 workers=args.workers, data_root=args.data_root, device=args.device,
-                                 plugins=list(args.plugin), progress=not args.quiet, audit=audit)
+            summary = run_matrix(args.datasets, [name], args.seeds, _matrix_options(args, args.plugin, audit=audit))
         except (BenchmarkError, KeyboardInterrupt):
             raise
         except Exception as exc:  # third-party code failing mid-training: one line, not a traceback

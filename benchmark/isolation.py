@@ -193,7 +193,7 @@ def run_apart(request: dict[str, Any], results_dir: str | os.PathLike, plugin_ha
     results = Path(results_dir).expanduser()
     results_existed = results.exists()
     before = _snapshot(results)
-    scratch = _prepare_scratch(results, inside=bool(request.get("matrix", {}).get("scheduler")))
+    scratch = _prepare_scratch(results, inside=bool(request.get("matrix", {}).get("options", {}).get("scheduler")))
     backup = Path(tempfile.mkdtemp(prefix="rrb-plugin-backup-"))
     try:
         for folder in store.STORE_FOLDERS:  # the copy the child never sees: what _restore puts back
@@ -395,16 +395,13 @@ def _child_main(request_path: str) -> int:
 
 
 def _child_run(request: dict[str, Any]) -> dict[str, Any]:
-    from .matrix import run_matrix
+    from .matrix import MatrixOptions, run_matrix
     from .stopping import handle_stop_signals
 
     handle_stop_signals()
-    matrix = dict(request["matrix"])
-    audit = matrix.pop("audit", None)
-    if audit is not None:
-        from attacks.audit import AuditSpec
-
-        audit = AuditSpec(**audit)
+    matrix = request["matrix"]
+    options = MatrixOptions.from_json(matrix["options"])
+    defenses = matrix["defenses"]
     entry_name = None
     if request["command"] == "submit":
         from .plugins import load_plugins
@@ -414,13 +411,13 @@ def _child_run(request: dict[str, Any]) -> dict[str, Any]:
         checked = validate_defense(request["plugin"], seed=matrix["seeds"][0])
         entry_name = checked.entry.name
         print(checked.describe(), file=sys.stderr)
-        if audit is not None:
+        if options.audit is not None:
             print("rrb: its cells are audited after they run (at --preset smoke that is most of the submission's "
                   "time; --no-audit skips it and the board marks the entry UNAUDITED)", file=sys.stderr)
-        matrix["defenses"] = [entry_name]
-        matrix["plugins"] = [*request.get("extra_plugins", []), request["plugin"]]
+        defenses = [entry_name]
+        options = dataclasses.replace(options, plugins=(*request.get("extra_plugins", []), request["plugin"]))
     try:
-        summary = run_matrix(results_dir=request["scratch"], audit=audit, **matrix)
+        summary = run_matrix(matrix["datasets"], defenses, matrix["seeds"], options, results_dir=request["scratch"])
     except (BenchmarkError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -429,10 +426,6 @@ def _child_run(request: dict[str, Any]) -> dict[str, Any]:
     ids = sorted({c.cell_id for c in summary.cells} | set(summary.cell_ids))
     return {"cell_ids": ids, "summary": summary.describe().replace(request["scratch"], request["results"]),
             "entry": entry_name}
-
-
-def audit_spec_dict(spec: Any) -> dict[str, Any] | None:
-    return None if spec is None else dataclasses.asdict(spec)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,56 @@ class MatrixSummary:
                   f"in {self.audit_seconds:.1f} s") if self.audits else ""
         return (f"{self.total} cells: " + ", ".join(parts) + audits
                 + f"; {self.wall_seconds:.1f} s ({self.executor}); results in {self.results_dir}")
+
+
+@dataclass(frozen=True)
+class MatrixOptions:
+    """Everything about a matrix run besides its datasets, defenses and seeds: one object that
+    :func:`run_matrix` hands down to planning, the executors and the audits, that the CLI builds
+    from its options and that a plugin run sends to its child process (:meth:`to_json`).
+
+    A new option is one field here with its default; ``rrb`` passes it on from the command line
+    where it adds it (``cli._matrix_options``), and the child process of a plugin run gets it with
+    the others.
+    """
+
+    preset: str = "quick"
+    profile: str = "auto"
+    results_dir: str | os.PathLike = "results"
+    executor: str = "local"
+    scheduler: str | None = None  # Dask scheduler address; None: a LocalCluster (executor "dask")
+    workers: int | None = None  # LocalCluster worker processes
+    data_root: str | None = None
+    device: str | None = None
+    # {defense: {parameter: value}}, e.g. {"ga": {"gamma": 0.05}}
+    defense_params: Mapping[str, Mapping[str, Any]] | None = None
+    plugins: Sequence[str | os.PathLike] = ()  # plugin files the cells need (loaded by every worker)
+    progress: bool = True
+    attacks: Sequence[str] | None = None  # None: the whole built-in suite
+    threads: int | None = None  # torch CPU threads per cell (see the module docstring)
+    audit: Any = None  # an attacks.audit.AuditSpec: audit every cell of the matrix afterwards
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON-ready values (the audit spec as a dict)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(results_dir=str(self.results_dir), plugins=[str(p) for p in self.plugins],
+                   attacks=list(self.attacks) if self.attacks is not None else None,
+                   defense_params={k: dict(v) for k, v in (self.defense_params or {}).items()},
+                   audit=None if self.audit is None else asdict(self.audit))
+        return out
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> MatrixOptions:
+        """Inverse of :meth:`to_json`."""
+        values = dict(values)
+        values["plugins"] = tuple(values.get("plugins", ()))
+        if values.get("attacks") is not None:
+            values["attacks"] = tuple(values["attacks"])
+        if values.get("audit") is not None:
+            from attacks.audit import AuditSpec
+
+            values["audit"] = AuditSpec(**values["audit"])
+        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,15 +260,14 @@ def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[Planned
     return planned
 
 
-def run_audits(planned: Sequence[PlannedCell], spec: Any, results: Path, *, executor: str, scheduler: str | None,
-               workers: int | None, plugins: Sequence[str], progress: bool,
-               threads: int | None) -> tuple[int, int, int, float]:
-    """Audit every cell of the matrix that has no audit yet: natural training first (the other
-    audits' transfer surrogate). Returns (audits, already done, computed, seconds)."""
+def run_audits(planned: Sequence[PlannedCell], results: Path, options: MatrixOptions) -> tuple[int, int, int, float]:
+    """Audit (``options.audit``) every cell of the matrix that has no audit yet: natural training
+    first (the other audits' transfer surrogate). Returns (audits, already done, computed, seconds)."""
     from .audit import plan_audit
     from .registry import ATTACKS
     from .scores import ERS_KEYS
 
+    spec = options.audit
     start = time.perf_counter()
 
     def whole_suite(p: PlannedCell) -> bool:
@@ -241,8 +290,7 @@ def run_audits(planned: Sequence[PlannedCell], spec: Any, results: Path, *, exec
     computed = 0
     try:
         if todo:
-            runner = (DaskExecutor(task, results, plugins, scheduler, workers, threads) if executor == "dask"
-                      else LocalExecutor(task, results, plugins, progress, threads))
+            runner = _executor(task, results, options)
             for result in runner.run(todo):
                 computed += result.status == "computed"
                 if result.status == "locked":
@@ -265,38 +313,40 @@ def _say(message: str, progress_bar: Any) -> None:
         print(message, file=sys.stderr)
 
 
-def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: Iterable[int], *,
-               preset: str = "quick", profile: str = "auto", results_dir: str | os.PathLike = "results",
-               executor: str = "local", scheduler: str | None = None, workers: int | None = None,
-               data_root: str | None = None, device: str | None = None,
-               defense_params: Mapping[str, Mapping[str, Any]] | None = None,
-               plugins: Sequence[str | os.PathLike] = (), progress: bool = True,
-               attacks: Sequence[str] | None = None, threads: int | None = None,
-               audit: Any = None) -> MatrixSummary:
+def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: Iterable[int],
+               options: MatrixOptions | None = None, **settings: Any) -> MatrixSummary:
     """Run every missing cell of datasets × defenses × seeds and store each cell's rows.
 
-    ``audit``: an :class:`attacks.audit.AuditSpec`; when given, every cell of the matrix is then
-    audited (strong evaluation and sanity checks, :mod:`benchmark.audit`), each audit stored once
-    and resumable like a cell.
+    ``options`` (:class:`MatrixOptions`; its defaults when ``None``), with any of its fields
+    overridden by keyword (``run_matrix(["digits"], ["nt"], [0], preset="smoke")``). With
+    ``audit`` (an :class:`attacks.audit.AuditSpec`), every cell of the matrix is then audited
+    (strong evaluation and sanity checks, :mod:`benchmark.audit`), each audit stored once and
+    resumable like a cell.
 
-    Checks the results directory, loads ``plugins`` and resolves every cell before any work, so a
+    Checks the results directory, loads the plugins and resolves every cell before any work, so a
     bad name or path fails at once with a BenchmarkError. ``threads`` is torch's CPU thread count
     for each cell (default: this process's for ``local``, 1 for ``dask``); see the module
     docstring for why it matters, and for resume, locking and the Dask executor.
     """
+    try:
+        options = replace(options or MatrixOptions(), **settings)
+    except TypeError as exc:
+        raise TypeError(f"run_matrix: {exc} (options are the fields of MatrixOptions)") from None
     start = time.perf_counter()
-    if executor not in EXECUTORS:
-        raise BenchmarkError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
+    if options.executor not in EXECUTORS:
+        raise BenchmarkError(f"unknown executor {options.executor!r}; accepted: {', '.join(EXECUTORS)}")
+    threads = options.threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise BenchmarkError(f"threads must be a positive integer, got {threads!r}")
-    plugin_paths = [str(Path(p).expanduser().resolve()) for p in plugins]
-    load_plugins(plugin_paths)
-    configs = build_matrix(datasets, defenses, seeds, preset=preset, profile=profile, data_root=data_root,
-                           device=device, defense_params=defense_params, attacks=attacks)
+    options = replace(options, plugins=tuple(str(Path(p).expanduser().resolve()) for p in options.plugins))
+    load_plugins(options.plugins)
+    configs = build_matrix(datasets, defenses, seeds, preset=options.preset, profile=options.profile,
+                           data_root=options.data_root, device=options.device,
+                           defense_params=options.defense_params, attacks=options.attacks)
     # The thread count each cell runs with is part of a CPU cell's id (benchmark.cell): plan with it.
     import torch
 
-    cell_threads = threads if threads is not None else (1 if executor == "dask" else torch.get_num_threads())
+    cell_threads = threads if threads is not None else (1 if options.executor == "dask" else torch.get_num_threads())
     configs = [replace(c, threads=cell_threads) for c in configs]
     # Every plugin defense and attack of the matrix is validated (one training step, a tiny attack)
     # before any work, as rrb submit does.
@@ -305,18 +355,18 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     check_plugins_in_use([c.defense for c in configs], [a for c in configs for a in (c.attacks or ())],
                          seed=configs[0].seed if configs else 0)
     # Names are checked before the results directory is created: a typo leaves no empty folder behind.
-    results = store.check_results_dir(results_dir).resolve()
+    results = store.check_results_dir(options.results_dir).resolve()
     planned = plan_cells(configs, results)
     todo = [p for p in planned if p.problem is not None]
     corrupt = {p.cell_id for p in todo if p.problem != "missing"}
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(planned), desc="matrix", unit="cell", disable=not progress, position=0,
-               dynamic_ncols=True) if progress else None
+    bar = tqdm(total=len(planned), desc="matrix", unit="cell", disable=not options.progress, position=0,
+               dynamic_ncols=True) if options.progress else None
     summary = MatrixSummary(total=len(planned), skipped=len(planned) - len(todo), computed=0,
                             recomputed_corrupt=0, by_other=0, wall_seconds=0.0, results_dir=str(results),
-                            executor=executor, cell_ids=[p.cell_id for p in planned])
+                            executor=options.executor, cell_ids=[p.cell_id for p in planned])
     for p in todo:
         if p.cell_id in corrupt:
             kind = "tampered" if p.problem.startswith(("tampered", "its telemetry")) else "corrupt"
@@ -346,12 +396,8 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
 
     try:
         if not todo:  # all done: no cluster to start
-            return _finish(summary, start, planned, audit, results, executor, scheduler, workers, plugin_paths,
-                           progress, threads)
-        if executor == "dask":
-            runner = DaskExecutor(run_and_store_cell, results, plugin_paths, scheduler, workers, threads)
-        else:
-            runner = LocalExecutor(run_and_store_cell, results, plugin_paths, progress, threads)
+            return _finish(summary, start, planned, results, options)
+        runner = _executor(run_and_store_cell, results, options)
         for result in runner.run(todo):
             account(result)
         if waiting:
@@ -374,17 +420,20 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
             runner.close()
         if bar is not None:
             bar.close()
-    return _finish(summary, start, planned, audit, results, executor, scheduler, workers, plugin_paths, progress,
-                   threads)
+    return _finish(summary, start, planned, results, options)
 
 
-def _finish(summary: MatrixSummary, start: float, planned: Sequence[PlannedCell] = (), audit: Any = None,
-            results: Path | None = None, executor: str = "local", scheduler: str | None = None,
-            workers: int | None = None, plugins: Sequence[str] = (), progress: bool = False,
-            threads: int | None = None) -> MatrixSummary:
-    if audit is not None and results is not None:
-        audits = run_audits(planned, audit, results, executor=executor, scheduler=scheduler, workers=workers,
-                            plugins=plugins, progress=progress, threads=threads)
+def _executor(task: Any, results: Path, options: MatrixOptions) -> LocalExecutor | DaskExecutor:
+    """The executor ``options`` asks for, running ``task`` (a cell or an audit) on ``results``."""
+    if options.executor == "dask":
+        return DaskExecutor(task, results, options.plugins, options.scheduler, options.workers, options.threads)
+    return LocalExecutor(task, results, options.plugins, options.progress, options.threads)
+
+
+def _finish(summary: MatrixSummary, start: float, planned: Sequence[PlannedCell], results: Path,
+            options: MatrixOptions) -> MatrixSummary:
+    if options.audit is not None:
+        audits = run_audits(planned, results, options)
         summary.audits, summary.audits_skipped, summary.audits_computed, summary.audit_seconds = audits
     summary.wall_seconds = time.perf_counter() - start
     return summary

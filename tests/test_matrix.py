@@ -31,7 +31,7 @@ from benchmark import executors, locks, matrix, store
 from benchmark.cell import default_attack_names
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
-from benchmark.matrix import MatrixSummary, run_matrix
+from benchmark.matrix import MatrixOptions, MatrixSummary, run_matrix
 from benchmark.plugins import load_builtins as import_builtins
 from benchmark.registry import ATTACKS
 from benchmark.schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES, PROVENANCE_COLUMNS, TELEMETRY_COLUMNS
@@ -567,3 +567,14 @@ def test_cli_run_results_leaderboard(smoke_run, tmp_path, capsys):
     assert main(["run", "--preset", "smoke", "--seeds", "-1", "--results", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seeds" in err and "non-negative" in err
+
+
+def test_matrix_options_travel_as_one_object():
+    """The options of a run are one frozen object; a plugin run's child gets them back equal."""
+    from attacks.audit import AuditSpec
+
+    options = MatrixOptions(preset="smoke", defense_params={"ga": {"gamma": 0.05}}, plugins=("/tmp/p.py",),
+                            attacks=("ca+", "qa+"), threads=2, audit=AuditSpec(restarts=1))
+    assert MatrixOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
+    with pytest.raises(TypeError, match="MatrixOptions"):
+        run_matrix(["digits"], ["nt"], [0], options, no_such_option=1)

@@ -25,34 +25,12 @@ from typing import ClassVar
 
 import torch
 
+from benchmark.distances import gallery_distances
 from benchmark.errors import BenchmarkError
 from benchmark.shrinkage import embedding_spread
 
 # Rows of the gallery distance matrix computed at once when filling a cache (bounds memory).
 CHUNK_ROWS = 1024
-# Distances are compared, never differentiated, at exactly zero: clamping the squared distance
-# keeps sqrt's gradient finite where a query sits on its own clean embedding.
-_MIN_SQUARED_DISTANCE = 1e-12
-
-
-def gallery_distances(embeddings: torch.Tensor, gallery: torch.Tensor,
-                      gallery_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Euclidean distances between each row of ``embeddings`` [B, D] and each gallery row [N, D].
-
-    Computed as sqrt(|a|² + |b|² − 2ab) with one matrix product (differentiable, no B×N×D
-    intermediate), in float64: for unit vectors the expansion subtracts two numbers close to 2, and
-    in float32 (6e-8 relative) every distance below about 3e-4 is lost. Adversarially trained
-    models shrink their embeddings into caps that small (measured: mean pairwise distance 5e-4 for
-    GA, 2e-3 for COLO-TRIDE on digits), where float32 turned a 0.97 R@1 into 0.15. The squared
-    distance is clamped at 1e-12 so the gradient stays finite at 0. Returns float64.
-    """
-    embeddings, gallery = embeddings.double(), gallery.double()
-    if gallery_sq_norms is None:
-        gallery_sq_norms = gallery.pow(2).sum(dim=1)
-    squared = embeddings.pow(2).sum(dim=1, keepdim=True) + gallery_sq_norms.double() - 2.0 * embeddings @ gallery.T
-    return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
-
-
 def neighbourhood_size(n_gallery: int, fraction: float = 0.01) -> int:
     """k for the "top 1 %" neighbourhood of CA−/QA−: max(1, int(fraction · N))."""
     return max(1, int(fraction * n_gallery))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from benchmark.distances import expanded_distances
 from benchmark.registry import ATTACKS
 
 from .base import (
@@ -79,10 +80,9 @@ class CandidateAttack(Attack):
                             gallery: Gallery) -> torch.Tensor:
         query_emb = gallery.embeddings[selection["queries"]].double()  # [B, W, D]
         emb = emb.double()
-        # Same formula (and float64) as gallery.distances so that "strictly closer" compares like with like.
-        squared = emb.pow(2).sum(-1, keepdim=True) + query_emb.pow(2).sum(-1) \
-            - 2.0 * torch.einsum("bd,bwd->bw", emb, query_emb)
-        return squared.clamp_min(1e-12).sqrt()  # [B, W]
+        # The same expansion (and float64) as gallery.distances so that "strictly closer" compares like with like.
+        return expanded_distances(emb.pow(2).sum(-1, keepdim=True), query_emb.pow(2).sum(-1),
+                                  2.0 * torch.einsum("bd,bwd->bw", emb, query_emb))  # [B, W]
 
     def loss(self, emb, index, selection, gallery) -> torch.Tensor:
         return signed_rank_loss(selection["query_to_gallery"], self._candidate_to_query(emb, selection, gallery),

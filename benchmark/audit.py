@@ -32,7 +32,7 @@ from .checkpoints import TrainedModel, check_weights
 from .errors import BenchmarkError
 from .evaluation import embed_split
 from .registry import ATTACKS
-from .schema import ALL_COLUMNS, COLUMN_TYPES
+from .schema import rows_frame
 from .scores import ARS_KEYS, ERS_KEYS, ars_mean, ers
 
 AUDIT_ATTACK = "audit"
@@ -123,7 +123,5 @@ def _rows(standard: pd.DataFrame, identity: str, spec: AuditSpec, numbers: dict[
         label = standard.loc[standard["metric"] == key, "metric_label"]
         rows.append({**base, "metric": f"strong:{key}", "metric_label": label.iloc[0] if len(label) else key,
                      "variant": "strong", "value": float(value)})
-    frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
-    frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame = rows_frame(rows)
     return frame

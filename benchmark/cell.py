@@ -274,7 +274,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     from attacks.runner import run_attacks, select_queries
 
     from .registry import ATTACKS
-    from .schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES
+    from .schema import BENIGN_METRICS, rows_frame
     from .scores import (
         ARS_KEYS,
         ERS_KEYS,
@@ -364,9 +364,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     digest = weights_sha256(model)
     add("training", WEIGHTS_METRIC, weights_value(digest), meaning=digest)
 
-    frame = pd.DataFrame(rows, columns=ALL_COLUMNS)
-    frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame = rows_frame(rows)
     telemetry = pd.DataFrame(trained.history.telemetry)
     for key, value in (("cell_id", cell.cell_id), ("dataset", cell.bundle.name), ("defense", cell.defense_name),
                        ("entry", cell.entry), ("seed", cell.config.seed), ("preset", cell.preset.name)):

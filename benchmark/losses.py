@@ -1,4 +1,5 @@
-"""Distances, triplet miners and the triplet loss on SPC-2 batches.
+"""Triplet miners and the triplet loss on SPC-2 batches (distances: :mod:`benchmark.distances`,
+re-exported here for defense authors).
 
 An SPC-2 batch holds two images per class laid out [c1, c1, c2, c2, ...]: anchors are the even
 positions, positives the odd ones, and miners choose one negative per anchor. Miners are
@@ -12,20 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .distances import pairwise_distance, row_distance
 
-def pairwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance matrix between rows of ``a`` and rows of ``b``, from the differences.
-
-    Not the ‖a‖² + ‖b‖² − 2a·b expansion ``torch.cdist`` uses for more than 25 rows: in float32 it
-    loses every distance below about 3e-4 between unit vectors, and adversarially trained models
-    shrink their embeddings that far, which turned the miners' semihard/softhard choices into noise.
-    """
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").clamp_min(0.0)
-
-
-def row_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance between matching rows (eps inside the norm, as F.pairwise_distance)."""
-    return F.pairwise_distance(a, b, p=2.0, eps=1e-6)
+__all__ = ["MINERS", "Triplets", "gradual_margin", "mine_random", "mine_semihard", "mine_softhard",
+           "pairwise_distance", "row_distance", "spc2_pairs", "triplet_distances", "triplet_loss"]
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Protocol: each item of the split queries the whole split; the query itself is removed from its
 ranking **by index** (its own position), so a duplicate of the query at distance 0 still counts
-as a neighbour. Distances are exact Euclidean distances (``torch.cdist``); unit-norm embeddings
+as a neighbour. Distances are exact Euclidean distances (``cdist`` in float64,
+:func:`benchmark.distances.float64_distances`); unit-norm embeddings
 are expected but not assumed.
 
 Ties are broken deterministically: the ranking is a stable sort of the distances, so among
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from .distances import float64_distances
 from .errors import BenchmarkError
 
 MAP_AT_10_CUTOFF = 10  # RobRank's fixed "R" for its mAP@R column
@@ -68,17 +70,6 @@ def _chunks(n: int, chunk_size: int) -> Iterable[torch.Tensor]:
         yield torch.arange(start, min(start + chunk_size, n))
 
 
-def _distances(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances [len(queries), len(gallery)].
-
-    For large inputs ``cdist`` uses the ‖a‖² + ‖b‖² − 2a·b expansion (matrix-multiply speed), so it
-    runs in float64: for unit vectors float32 loses every distance below about 3e-4, and robustly
-    trained models shrink their embeddings that far (see ``attacks.base.gallery_distances``).
-    Clamped so rounding never gives a negative distance.
-    """
-    return torch.cdist(queries.double(), gallery.double()).clamp_min(0.0)
-
-
 def _no_answer_error() -> BenchmarkError:
     return BenchmarkError("no query has another item of its class in the gallery, so retrieval metrics "
                           "are undefined; every class needs at least 2 items")
@@ -101,7 +92,7 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, *, ks: Sequence[
     answerable = 0
     for query_index in _chunks(n, int(chunk_size)):
         query_index = query_index.to(embeddings.device)
-        dist = _distances(embeddings[query_index], embeddings)
+        dist = float64_distances(embeddings[query_index], embeddings)
         not_self = gallery_index[None, :] != query_index[:, None]
         positive = (labels[None, :] == labels[query_index][:, None]) & not_self
         has_positive = positive.any(dim=1)
@@ -213,7 +204,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *, ks: Seq
     answerable = 0
     for query_index in _chunks(n, int(chunk_size)):
         query_index = query_index.to(embeddings.device)
-        dist = _distances(embeddings[query_index], embeddings)
+        dist = float64_distances(embeddings[query_index], embeddings)
         per_query = _chunk_ranking_scores(dist, query_index, labels[query_index], labels, ks)
         valid = ~torch.isnan(per_query["mAP"])
         answerable += int(valid.sum())

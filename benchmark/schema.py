@@ -22,6 +22,11 @@ Per-step training telemetry lives beside the rows in a second table (TELEMETRY_C
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
 RUN_KEY_COLUMNS = [
     "dataset", "model", "defense", "defense_params",  # defense_params: JSON, sorted keys
     "seed", "preset", "preset_version", "profile", "profile_version",
@@ -84,3 +89,25 @@ TELEMETRY_COLUMNS = [
 BENIGN_METRICS = ["R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI", "train:R@1",
                   "R@1:faiss-f32", "R@1:faiss-f16", "R@1:faiss-ip32",
                   "spread:mean_distance", "spread:median_nn_distance", "spread:centroid_norm"]
+
+
+def coerce_types(frame: pd.DataFrame, columns: Iterable[str] = ALL_COLUMNS) -> pd.DataFrame:
+    """Cast the schema columns to COLUMN_TYPES (the dtypes every consumer may rely on)."""
+    frame = frame.copy()
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        dtype = COLUMN_TYPES.get(column)
+        if dtype is None:
+            continue
+        if dtype.startswith("datetime64"):
+            frame[column] = pd.to_datetime(frame[column], utc=True).astype(dtype)
+        else:
+            frame[column] = frame[column].astype(dtype)
+    return frame
+
+
+def rows_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The one row builder: row dicts (every schema column) as a typed frame in ALL_COLUMNS order,
+    for a cell's rows and an audit's alike."""
+    return coerce_types(pd.DataFrame(list(rows), columns=ALL_COLUMNS))

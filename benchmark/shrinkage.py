@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .distances import float64_distances
 from .errors import BenchmarkError
 
 # Above this many items the spread is measured on a seeded subset of this size: the mean pairwise
@@ -64,7 +65,7 @@ def embedding_spread(embeddings: torch.Tensor, *, max_items: int = MAX_SPREAD_IT
     nearest = torch.empty(n, dtype=torch.float64, device=x.device)
     for start in range(0, n, _CHUNK_ROWS):
         rows = torch.arange(start, min(start + _CHUNK_ROWS, n), device=x.device)
-        dist = torch.cdist(x[rows], x)
+        dist = float64_distances(x[rows], x)
         dist[torch.arange(len(rows), device=x.device), rows] = 0.0
         total += float(dist.sum())
         dist[torch.arange(len(rows), device=x.device), rows] = math.inf

@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_write, temp_prefix
 from .errors import BenchmarkError
 from .locks import lock_path, wait_for_lock  # noqa: F401 (lock_path: part of the store's layout)
-from .schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
+from .schema import ALL_COLUMNS, TELEMETRY_COLUMNS, coerce_types
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +140,6 @@ def readable_results_dir(results_dir: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Types
-
-
-def coerce_types(frame: pd.DataFrame, columns: Iterable[str] = ALL_COLUMNS) -> pd.DataFrame:
-    """Cast the schema columns to schema.COLUMN_TYPES (the dtypes every consumer may rely on)."""
-    frame = frame.copy()
-    for column in columns:
-        if column not in frame.columns:
-            continue
-        dtype = COLUMN_TYPES.get(column)
-        if dtype is None:
-            continue
-        if dtype.startswith("datetime64"):
-            frame[column] = pd.to_datetime(frame[column], utc=True).astype(dtype)
-        else:
-            frame[column] = frame[column].astype(dtype)
-    return frame
 
 
 def empty_results() -> pd.DataFrame:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import locks, store
@@ -62,53 +64,65 @@ def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, ex
     process holds the cell, and ``"skipped"`` when the cell turns out to be finished once its
     lock is held.
     """
-    if threads is None:
-        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+    with _torch_threads(threads):
+        start = time.perf_counter()
+        load_plugins(plugins)
+        cell = resolve(config, bundle=bundle)
+        if expected_cell_id is not None and cell.cell_id != expected_cell_id:
+            raise BenchmarkError(
+                f"cell {cell.entry} seed {config.seed} on {cell.bundle.name} resolves to config hash "
+                f"{cell.cell_id[:12]} here but {expected_cell_id[:12]} where the matrix was built: the "
+                "code or plugin files differ between the machines")
+        path = store.cell_path(results_dir, cell.bundle.name, cell.cell_id)
+
+        def compute() -> None:
+            try:
+                output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
+            except (BenchmarkError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                plugins_used = plugin_names(cell)
+                if not plugins_used:
+                    raise
+                # Third-party code failing mid-run: one line naming it, not a traceback.
+                raise BenchmarkError(f"{plugins_used} failed while cell {cell.entry} seed {config.seed} on "
+                                     f"{cell.bundle.name} ran: {type(exc).__name__}: {exc}; cells finished before it "
+                                     "are kept") from exc
+            store.write_cell(results_dir, output.rows, output.telemetry)
+
+        return _claim_and_store(results_dir, cell, cell.cell_id, path, compute, start)
+
+
+def _claim_and_store(results_dir: str | os.PathLike, cell: ResolvedCell, key: str, path: Path,
+                     compute: Callable[[], None], start: float) -> CellResult:
+    """The one claim-and-store routine of every task: take the lock of ``key`` (a cell id or an audit
+    id), skip when ``path`` became valid meanwhile, else ``compute()`` (which stores it)."""
+    dataset = cell.bundle.name
+    base = dict(cell_id=key, dataset=dataset, entry=cell.entry, seed=cell.config.seed, path=str(path))
+    lock = locks.CellLock.acquire(results_dir, dataset, key)
+    if lock is None:
+        owner = locks.read_lock(store.lock_path(results_dir, dataset, key))
+        return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
+    with lock:
+        # Another process may have finished it between our check and our lock.
+        if store.check_cell_file(results_dir, path).valid:
+            return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+        compute()
+    return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` for the task (``None``: the process's), then restored."""
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
-        return _run_and_store_cell(config, results_dir, expected_cell_id, plugins, progress, bundle)
+        yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, expected_cell_id: str | None,
-                        plugins: Sequence[str], progress: bool, bundle: Any) -> CellResult:
-    start = time.perf_counter()
-    load_plugins(plugins)
-    cell = resolve(config, bundle=bundle)
-    if expected_cell_id is not None and cell.cell_id != expected_cell_id:
-        raise BenchmarkError(
-            f"cell {cell.entry} seed {config.seed} on {cell.bundle.name} resolves to config hash "
-            f"{cell.cell_id[:12]} here but {expected_cell_id[:12]} where the matrix was built: the "
-            "code or plugin files differ between the machines")
-    dataset, cell_id = cell.bundle.name, cell.cell_id
-    path = store.cell_path(results_dir, dataset, cell_id)
-    base = dict(cell_id=cell_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
-
-    lock = locks.CellLock.acquire(results_dir, dataset, cell_id)
-    if lock is None:
-        owner = locks.read_lock(store.lock_path(results_dir, dataset, cell_id))
-        return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
-    with lock:
-        # Another process may have finished the cell between our check and our lock.
-        if store.check_cell_file(results_dir, path).valid:
-            return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
-        try:
-            output = run_cell(config, results_dir, progress=progress, bundle=cell.bundle)
-        except (BenchmarkError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            plugins_used = plugin_names(cell)
-            if not plugins_used:
-                raise
-            # Third-party code failing mid-run: one line naming it, not a traceback.
-            raise BenchmarkError(f"{plugins_used} failed while cell {cell.entry} seed {config.seed} on {dataset} "
-                                 f"ran: {type(exc).__name__}: {exc}; cells finished before it are kept") from exc
-        store.write_cell(results_dir, output.rows, output.telemetry)
-    return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
 
 
 def plugin_names(cell: ResolvedCell) -> str:
@@ -128,31 +142,18 @@ def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, s
     ``expected_cell_id`` is the audit id planned by the matrix. Same statuses as
     :func:`run_and_store_cell`.
     """
-    import torch
-
     from .audit import audit_cell, plan_audit
 
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         start = time.perf_counter()
         load_plugins(plugins)
         cell, _, audit_id = plan_audit(config, spec, bundle=bundle)
         if expected_cell_id is not None and audit_id != expected_cell_id:
             raise BenchmarkError(f"audit of {cell.entry} seed {config.seed} resolves to {audit_id[:12]} here but "
                                  f"{expected_cell_id[:12]} where the matrix was built: the code differs")
-        dataset = cell.bundle.name
-        path = store.audit_path(results_dir, dataset, audit_id)
-        base = dict(cell_id=audit_id, dataset=dataset, entry=cell.entry, seed=config.seed, path=str(path))
-        lock = locks.CellLock.acquire(results_dir, dataset, audit_id)
-        if lock is None:
-            owner = locks.read_lock(store.lock_path(results_dir, dataset, audit_id))
-            return CellResult(**base, status="locked", lock_owner=owner.describe() if owner else "")
-        with lock:
-            if store.check_cell_file(results_dir, path).valid:
-                return CellResult(**base, status="skipped", seconds=time.perf_counter() - start)
+        path = store.audit_path(results_dir, cell.bundle.name, audit_id)
+
+        def compute() -> None:
             store.write_audit(results_dir, audit_cell(config, results_dir, spec, progress=progress, bundle=cell.bundle))
-        return CellResult(**base, status="computed", seconds=time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+
+        return _claim_and_store(results_dir, cell, audit_id, path, compute, start)

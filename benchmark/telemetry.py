@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .losses import Triplets, pairwise_distance, triplet_distances
+from .distances import mean_pairwise_distance
+from .losses import Triplets, triplet_distances
 
 DEFAULT_LAMBDA_28 = 10.0  # λ for 28x28 data: the CUB value, recorded with every run
 LAMBDA_BY_DATASET = {"cub": 10.0, "cars": 9.5, "sop": 2.0}
@@ -47,9 +48,7 @@ def batch_telemetry(embeddings: torch.Tensor, triplets: Triplets, lam: float) ->
     """Collapseness, hardness, separability and mean distance of a batch of triplets."""
     with torch.no_grad():
         d_ap, d_an = triplet_distances(embeddings, triplets)
-        n = len(embeddings)
-        dist = pairwise_distance(embeddings, embeddings)
-        mean_distance = dist.sum() / max(n * (n - 1), 1)
+        mean_distance = mean_pairwise_distance(embeddings)
         hardness = d_ap.mean() - d_an.mean()
         return {
             "collapseness": float(collapseness(d_ap, d_an, lam)),

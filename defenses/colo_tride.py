@@ -51,11 +51,11 @@ from typing import ClassVar
 import torch
 
 from benchmark.defense import StepResult, TrainContext, clean_embeddings, embedding_shift, param, perturb
+from benchmark.distances import mean_pairwise_distance
 from benchmark.losses import (
     Triplets,
     gradual_margin,
     mine_semihard,
-    pairwise_distance,
     row_distance,
     triplet_distances,
     triplet_loss,
@@ -290,6 +290,5 @@ class RelativeCOLOTRIDE(COLOTRIDE):
     version: ClassVar[int] = 1
 
     def clean_collapseness(self, clean: torch.Tensor, d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> float:
-        n = len(clean)
-        spread = (pairwise_distance(clean, clean).sum() / max(n * (n - 1), 1)).clamp_min(1e-12)
+        spread = mean_pairwise_distance(clean).clamp_min(1e-12)
         return float(collapseness(d_ap / spread, d_an / spread, lam))

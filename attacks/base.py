@@ -197,14 +197,13 @@ class MetricSpec:
 class Attack:
     """One ranking attack: selection on clean embeddings, a loss to minimise, per-query metrics.
 
-    Subclasses set ``perturbs`` ("query" or "candidate"; in both cases the perturbed images are
-    the test images at ``index``), ``metrics`` (the keys ``measure`` returns, in the units of
+    The perturbed images are always the test images at ``index`` (the queries, or for CA the
+    candidates). Subclasses set ``metrics`` (the keys ``measure`` returns, in the units of
     ``benchmark.scores``) with a :class:`MetricSpec` for each in ``metric_specs``, and implement
     the three methods. ``measure`` applied to the clean embeddings ``gallery.embeddings[index]``
     gives the "before" values ARS needs.
     """
 
-    perturbs: ClassVar[str] = "query"
     metrics: ClassVar[tuple[str, ...]] = ()
     metric_specs: ClassVar[dict[str, MetricSpec]] = {}
     registry_name: ClassVar[str]

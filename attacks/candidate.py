@@ -37,7 +37,6 @@ class CandidateAttack(Attack):
     is averaged over candidates, not per batch.
     """
 
-    perturbs = "candidate"
     sign: str = "+"
 
     def __init__(self, W: int = 1, neighbourhood: float = 0.01):

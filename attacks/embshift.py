@@ -37,7 +37,6 @@ class EmbeddingShiftAttack(Attack):
     spread isotropically) makes it equal ES:D for such a gallery. The ranked ERS uses it.
     """
 
-    perturbs = "query"
     metrics = ("ES:D", "ES:R", "ES:D-rel")
     metric_specs = {"ES:D": MetricSpec("ES:D", False, "embedding shift: mean L2 shift of the query embedding "
                                        "(RobRank's definition, absolute)", 3),

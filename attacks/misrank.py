@@ -28,7 +28,6 @@ class LearningToMisrankAttack(Attack):
     no other gallery item contributes 0; R@1 is averaged over queries.
     """
 
-    perturbs = "query"
     metrics = ("LTM",)
     metric_specs = {"LTM": MetricSpec("LTM", True, "learning-to-misrank: R@1 after the attack, %")}
 
@@ -70,7 +69,6 @@ class GreedyTop1MisrankAttack(Attack):
     direction. Seeded (here: deterministic) selection; R@1 averaged over queries.
     """
 
-    perturbs = "query"
     metrics = ("GTM",)
     metric_specs = {"GTM": MetricSpec("GTM", True, "global top-1 misranking: R@1 after the attack, %")}
 

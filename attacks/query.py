@@ -35,7 +35,6 @@ class QueryAttack(Attack):
     seeded; self is excluded by index; k ≥ 1; the metric is averaged over queries.
     """
 
-    perturbs = "query"
     sign: str = "+"
 
     def __init__(self, M: int = 1, neighbourhood: float = 0.01):

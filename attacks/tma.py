@@ -29,7 +29,6 @@ class TargetedMismatchAttack(Attack):
     vectors is half their squared distance, which pulls the query onto its target under both.
     """
 
-    perturbs = "query"
     metrics = ("TMA", "TMA-centred")
     metric_specs = {
         "TMA": MetricSpec("TMA", False, "targeted mismatch attack: mean cosine similarity to the target "

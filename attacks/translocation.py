@@ -23,7 +23,6 @@ class GreedyTop1TranslocationAttack(Attack):
     queries (RobRank also selects an unused top-2; we do not).
     """
 
-    perturbs = "query"
     metrics = ("GTT",)
     metric_specs = {"GTT": MetricSpec("GTT", True, "global top-1 translocation: retain@4 after the attack, %")}
 

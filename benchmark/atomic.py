@@ -1,7 +1,8 @@
 """The one atomic file write of the project: temp file in the target folder, flush, ``os.replace``.
 
-A reader never sees a half-written file: it sees the old one or the new one. Used for cell files
-and telemetry (:mod:`benchmark.store`), checkpoints (:mod:`benchmark.cell`) and the dataset cache.
+A reader never sees a half-written file: it sees the old one or the new one. Used for cell,
+telemetry and audit files and the manifest (:mod:`benchmark.store`), checkpoints
+(:mod:`benchmark.checkpoints`), study files (:mod:`benchmark.study`) and the dataset cache.
 """
 
 from __future__ import annotations

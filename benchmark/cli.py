@@ -25,16 +25,6 @@ class _Parser(argparse.ArgumentParser):
         raise BenchmarkError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 MAX_SEED = 2**32 - 1  # benchmark.matrix.MAX_SEED: what every seeded generator accepts
 MAX_THREADS = 1024  # --threads and --workers: far above any machine this runs on, below absurd
 

@@ -1,5 +1,6 @@
-"""Executors: how the cells of a matrix get run. Every executor runs the same task,
-:func:`benchmark.tasks.run_and_store_cell`, and yields each cell's result as it finishes.
+"""Executors: how the cells of a matrix get run. An executor runs the task it is given for each
+planned cell, :func:`benchmark.tasks.run_and_store_cell` (a cell) or
+:func:`benchmark.tasks.run_and_store_audit` (its audit), and yields each result as it finishes.
 
 * :class:`LocalExecutor` runs the cells one after another in this process.
 * :class:`DaskExecutor` sends them to a ``dask.distributed`` cluster: a ``LocalCluster`` started
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
     from .tasks import CellResult, PlannedCell
 
 EXECUTORS = ("local", "dask")
-# The task every executor runs: benchmark.tasks.run_and_store_cell (passed in, so that this module
-# does not import the matrix that imports it). Dask pickles it by reference.
+# The task an executor runs: benchmark.tasks.run_and_store_cell or run_and_store_audit (passed in by
+# the matrix, so that this module needs nothing of tasks but its types). Dask pickles it by reference.
 Task = Callable[..., "CellResult"]
 
 

@@ -134,3 +134,21 @@ def make_model(name: str, *, in_channels: int = 1, weights: str | Path | None = 
 # Adam settings per model (SPEC §3).
 OPTIMIZER_SETTINGS = {"c2f2": {"lr": 1e-3, "weight_decay": 1e-7},
                       "resnet18": {"lr": 1e-5, "weight_decay": 4e-4}}
+
+
+def optimizer_settings(model: torch.nn.Module, name: str) -> dict[str, float]:
+    """Adam's settings for ``model`` (registered as ``name``): its own ``optimizer_settings``
+    attribute where it declares one (a plugin model), else the built-in model it is or derives
+    from (:data:`OPTIMIZER_SETTINGS`); a model that is neither is one clear error, not silently
+    c2f2's settings."""
+    declared = getattr(model, "optimizer_settings", None)
+    if declared is not None:
+        return dict(declared)
+    if name in OPTIMIZER_SETTINGS:
+        return OPTIMIZER_SETTINGS[name]
+    for base, key in ((C2F2, "c2f2"), (ResNet18Embedding, "resnet18")):
+        if isinstance(model, base):
+            return OPTIMIZER_SETTINGS[key]
+    raise BenchmarkError(f"model {name!r} has no optimiser settings: give its class an `optimizer_settings` "
+                         "attribute, e.g. {'lr': 1e-3, 'weight_decay': 1e-7} (Adam's), or derive it from a "
+                         f"built-in model ({', '.join(OPTIMIZER_SETTINGS)})")

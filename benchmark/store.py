@@ -2,9 +2,13 @@
 
 Layout under a results directory::
 
+    MANIFEST.sha256                         sha256 of every cell, telemetry and audit file
     cells/<dataset>/<cell_id>.parquet       the cell's tidy rows (schema.ALL_COLUMNS)
     cells/<dataset>/<cell_id>.lock          present while some process computes the cell
+    cells/<dataset>/<audit_id>.lock         present while some process audits the cell
     telemetry/<dataset>/<cell_id>.parquet   the cell's per-step training telemetry
+    audits/<dataset>/<audit_id>.parquet     a cell's attack-strength audit (benchmark.audit)
+    studies/<dataset>/<study_id>/...        convergence studies (benchmark.study; not in the manifest)
     checkpoints/...                         trained weights (written by cell.train_or_load)
 
 A cell is *done* exactly when its rows file is valid: readable Parquet, every schema column

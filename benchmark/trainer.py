@@ -20,7 +20,7 @@ from .datasets import DatasetBundle, SPC2Sampler, Split
 from .defense import Defense, TrainContext, defense_pgd_steps
 from .errors import BenchmarkError
 from .losses import mine_random
-from .models import OPTIMIZER_SETTINGS, EmbeddingModel
+from .models import EmbeddingModel, optimizer_settings
 from .presets import AttackProfile, Preset
 from .telemetry import batch_telemetry, is_collapsed
 
@@ -90,8 +90,7 @@ def train_model(
         keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[: preset.max_train_images]
         split = split.subset(keep.sort().values)
     model.to(device)
-    settings = OPTIMIZER_SETTINGS.get(model_name, OPTIMIZER_SETTINGS["c2f2"])
-    optimizer = torch.optim.Adam(model.parameters(), **settings)
+    optimizer = torch.optim.Adam(model.parameters(), **optimizer_settings(model, model_name))
     generator = torch.Generator().manual_seed(seed)
     sampler = SPC2Sampler(split.labels, preset.batch_pairs, generator)
     budget = preset.training_budget(profile)

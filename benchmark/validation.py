@@ -162,9 +162,6 @@ def check_attack(entry: Entry, seed: int = 0) -> None:
             or not all(isinstance(m, str) and m.strip() for m in metrics)):
         raise BenchmarkError(f"plugin attack {name!r}: metrics must be a non-empty tuple of metric names "
                              f"(str), got {metrics!r}")
-    if attack.perturbs not in ("query", "candidate"):
-        raise BenchmarkError(f"plugin attack {name!r}: perturbs must be 'query' or 'candidate', "
-                             f"got {attack.perturbs!r}")
     torch.manual_seed(seed)
     bundle = load_digits()
     model = C2F2(embedding_dim=32).eval()

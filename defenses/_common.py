@@ -1,7 +1,7 @@
-"""Pieces shared by the built-in TRIDE-family defenses: the "top-ranked" terms, the step size and
-the CAP/ANP alternation. The helpers every defense (built-in or plugin) uses to perturb a batch,
-``perturb``, ``clean_embeddings`` and ``embedding_shift``, are public in :mod:`benchmark.defense`
-and re-exported here for the built-ins.
+"""Pieces shared by the built-in TRIDE-family defenses (COLO-TRIDE, its ablations and CA-TRIDE):
+the "top-ranked" terms, the step size, the per-dataset λ and the CAP/ANP alternation. The helpers
+every defense (built-in or plugin) uses to perturb a batch, ``perturb``, ``clean_embeddings`` and
+``embedding_shift``, are public in :mod:`benchmark.defense`; the defenses import them from there.
 """
 
 from __future__ import annotations

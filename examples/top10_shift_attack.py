@@ -22,7 +22,6 @@ from benchmark.registry import ATTACKS
 
 @ATTACKS.register("top10-shift", description="push a query away from its clean top-10; retain@10 after (example)")
 class Top10Shift(Attack):
-    perturbs = "query"
     metrics = ("R10",)
     metric_specs = {"R10": MetricSpec("R10", True, "top-10 shift: share of the clean top-10 kept in the top-10, %")}
 

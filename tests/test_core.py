@@ -230,3 +230,22 @@ def test_pairwise_distance_is_exact_for_shrunk_embeddings():
     points = torch.nn.functional.normalize(pole + 1e-4 * torch.randn(40, 32), dim=1)
     exact = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
     assert (pairwise_distance(points, points).double() - exact).abs().max() < 1e-3 * float(exact.mean())
+
+
+def test_optimiser_settings_are_the_models_own_never_silently_c2f2s():
+    from benchmark.models import OPTIMIZER_SETTINGS, EmbeddingModel, optimizer_settings
+
+    class Quantised(C2F2):  # a plugin model deriving from a built-in gets the built-in's settings
+        pass
+
+    class Own(EmbeddingModel):
+        optimizer_settings = {"lr": 0.5, "weight_decay": 0.0}
+
+    class Bare(EmbeddingModel):
+        pass
+
+    assert optimizer_settings(C2F2(), "c2f2") == OPTIMIZER_SETTINGS["c2f2"]
+    assert optimizer_settings(Quantised(), "c2f2-quantised") == OPTIMIZER_SETTINGS["c2f2"]
+    assert optimizer_settings(Own(), "own") == {"lr": 0.5, "weight_decay": 0.0}
+    with pytest.raises(BenchmarkError, match="no optimiser settings"):
+        optimizer_settings(Bare(), "bare")

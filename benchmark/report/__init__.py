@@ -1,10 +1,10 @@
 """Leaderboards from the results store (SPEC §8): one HTML page and one Markdown file per
 (dataset, preset, profile), an index linking them, and the plots they embed.
 
-The page is a template over data (the RobustBench idea): this module turns the tidy long rows of
-:mod:`benchmark.schema` into one :class:`Board` per (dataset, preset, profile id + version) —
-entries aggregated over seeds as mean ± std with n — and hands it to the jinja2 templates in
-``benchmark/templates``. HTML is rendered with autoescape on; Markdown escapes every value it
+The page is a template over data (the RobustBench idea): the tidy long rows of
+:mod:`benchmark.schema` become one :class:`Board` per (dataset, preset, profile id + version) —
+entries aggregated over seeds as mean ± std with n — handed to the jinja2 templates in
+``benchmark/templates``. This module only gathers the package's public names. HTML is rendered with autoescape on; Markdown escapes every value it
 prints (``|``, ``<``, ``>``, ``&`` and the inline markup characters), so a defense or parameter
 named ``<script>...`` is shown as text on both.
 
@@ -13,8 +13,10 @@ URIs (the page fetches nothing) and written as PNG files beside the Markdown, wh
 Rendering is deterministic: the same store gives the same bytes (no "generated at" clock time;
 the page shows the created-at range of the rows instead).
 
-The package has three parts: :mod:`.tables` (data and aggregation), :mod:`.plots` (figures) and
-:mod:`.render` (templates and the entry points).
+The package has five parts: :mod:`.model` (the page model: Board, Row, Column, Cell, Figure),
+:mod:`.tables` (per-cell tables, aggregation over seeds, the columns), :mod:`.protocol` (the
+protocol and provenance lines), :mod:`.plots` (figures) and :mod:`.render` (templates and the
+entry points). The Replication and COLO-activity sections come from :mod:`benchmark.replication`.
 """
 
 from .model import Board, BoardKey, Cell, Column, Figure, Row

@@ -1,4 +1,5 @@
-"""Rendering: the jinja2 templates over :class:`~benchmark.report.tables.Board` data, and the entry points.
+"""Rendering: the jinja2 templates over :class:`~benchmark.report.model.Board` data, and the entry points
+(:func:`build_boards`, :func:`render_leaderboards`, :func:`render_from_store`).
 
 HTML is rendered with autoescape on; Markdown escapes every value it prints (``|``, ``<``, an ``&``
 that would start an entity, and the inline markup characters; see :func:`markdown_escape`), so a

@@ -1,12 +1,11 @@
-"""The leaderboard's data: per-cell tables, aggregation over seeds, columns, protocol and provenance.
+"""The leaderboard's data: per-cell tables, aggregation over seeds and the columns.
 
-Turns the tidy long rows of :mod:`benchmark.schema` into one :class:`Board` per (dataset, preset +
-version, profile + version): entries aggregated over seeds as mean ± std with n. The attack
-columns are built from what the rows store about their metrics (label, direction, decimals,
-meaning), never from a table here.
-
-
-The page model (:class:`Board` and its parts) is in :mod:`.model`.
+Turns the tidy long rows of :mod:`benchmark.schema` into the numbers of one board per (dataset,
+preset + version, profile + version): one row per matrix cell (:func:`cell_table`), then entries
+aggregated over seeds as mean ± std with n (:func:`summarise`). The attack columns are built from
+what the rows store about their metrics (label, direction, decimals, meaning), never from a table
+here. The page model (:class:`~benchmark.report.model.Board` and its parts) is in :mod:`.model`,
+the protocol and provenance lines in :mod:`.protocol`.
 """
 
 from __future__ import annotations

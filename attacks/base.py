@@ -199,7 +199,7 @@ class Attack:
 
     The perturbed images are always the test images at ``index`` (the queries, or for CA the
     candidates). Subclasses set ``metrics`` (the keys ``measure`` returns, in the units of
-    ``benchmark.scores``) with a :class:`MetricSpec` for each in ``metric_specs``, and implement
+    ``benchmark.robustness_scores``) with a :class:`MetricSpec` for each in ``metric_specs``, and implement
     the three methods. ``measure`` applied to the clean embeddings ``gallery.embeddings[index]``
     gives the "before" values ARS needs.
     """

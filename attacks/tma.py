@@ -25,7 +25,7 @@ class TargetedMismatchAttack(Attack):
     embeddings live in rather than the attack: when a model shrinks its embeddings into a tiny cap
     every raw cosine is 1.000 before any attack. The centred cosine is unchanged by such a map
     (up to the one direction the cap removes) and equals the raw one for a gallery centred on the
-    origin; the ranked ERS uses it (``benchmark.scores``). The loss stays RobRank's: 1 − cos of unit
+    origin; the ranked ERS uses it (``benchmark.robustness_scores``). The loss stays RobRank's: 1 − cos of unit
     vectors is half their squared distance, which pulls the query onto its target under both.
     """
 

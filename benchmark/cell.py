@@ -26,16 +26,17 @@ from .checkpoints import (
     weights_sha256,
     weights_value,
 )
+from .collapseness import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET
 from .datasets import DatasetBundle, load_dataset
-from .defense import Defense
+from .defense_api import Defense
+from .embedding import embed_split
 from .errors import BenchmarkError
-from .evaluation import embed_split
 from .models import make_model
 from .plugins import load_builtins
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .provenance import provenance
 from .registry import DEFENSES, MODELS
-from .telemetry import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET, training_summary
+from .telemetry import training_summary
 from .trainer import resolve_device, seed_everything, train_model
 
 
@@ -227,7 +228,7 @@ def benign_metrics(cell: ResolvedCell, model: torch.nn.Module, test_embeddings: 
     """R@1, R@2, mAP, mAP@R, mAP@10, NMI on the test split and R@1 on the train split; R@1 through
     faiss indexes; the clean test gallery's spread (``schema.BENIGN_METRICS``)."""
     from .deployment import index_recalls
-    from .metrics import retrieval_metrics
+    from .retrieval_metrics import retrieval_metrics
     from .shrinkage import embedding_spread
 
     test_labels = cell.bundle.test.labels.to(test_embeddings.device)
@@ -274,8 +275,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     from attacks.runner import run_attacks, select_queries
 
     from .registry import ATTACKS
-    from .schema import BENIGN_METRICS, rows_frame
-    from .scores import (
+    from .robustness_scores import (
         ARS_KEYS,
         ERS_KEYS,
         RANKED_SCORE,
@@ -287,6 +287,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
         ers_robrank,
         whm,
     )
+    from .schema import BENIGN_METRICS, rows_frame
 
     eval_start = time.perf_counter()
     model = trained.model.to(cell.device).eval()

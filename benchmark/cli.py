@@ -329,7 +329,7 @@ def _fmt(value: float) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .cell import benign_metrics, resolve, train_or_load
-    from .evaluation import embed_split
+    from .embedding import embed_split
 
     _load_plugins(args.plugin)
     cell = resolve(_cell_config(args))
@@ -354,7 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from .cell import evaluate_cell, resolve
-    from .scores import ARS_KEYS, ERS_KEYS
+    from .robustness_scores import ARS_KEYS, ERS_KEYS
 
     _load_plugins(args.plugin)
     cell = resolve(_cell_config(args, attacks=tuple(args.attacks) if args.attacks else None))
@@ -402,7 +402,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def _cell_defense_params(defense: str, items: list[str]) -> dict[str, str]:
     """The ``--defense-param`` items of a one-defense command (``NAME=VALUE`` or ``DEFENSE:NAME=VALUE``
     naming that defense, or one of its aliases)."""
-    from .defense import parse_defense_params
+    from .defense_api import parse_defense_params
     from .plugins import load_builtins
     from .registry import DEFENSES
 
@@ -418,7 +418,7 @@ def _cell_defense_params(defense: str, items: list[str]) -> dict[str, str]:
 
 def _matrix_defense_params(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """The ``--defense-param`` items of a matrix command as {defense: {name: value}}."""
-    from .defense import parse_defense_params
+    from .defense_api import parse_defense_params
 
     return parse_defense_params(getattr(args, "defense_param", []), getattr(args, "defenses", None))
 
@@ -451,7 +451,7 @@ def _builtin_defenses() -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
-    from .results_table import format_results
+    from .results_listing import format_results
     from .store import check_results_dir, load_results
 
     audit = _audit_spec() if args.audit else None
@@ -490,7 +490,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .results_table import format_results
+    from .results_listing import format_results
     from .store import load_results, readable_results_dir
 
     results = readable_results_dir(args.results)  # reading needs no write access
@@ -597,7 +597,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     plugin ends with one line (exit status 2) and the results directory as it was.
     """
     from .isolation import plugin_file_hashes, run_apart
-    from .results_table import format_results
+    from .results_listing import format_results
     from .store import check_results_dir, load_results
 
     target = Path(args.plugin_file_or_name)

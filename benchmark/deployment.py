@@ -1,6 +1,6 @@
 """What a deployed index returns: R@1 through faiss flat indexes, as users search embeddings.
 
-The exact metrics (:mod:`benchmark.metrics`) rank in float64. A deployment stores the float32
+The exact metrics (:mod:`benchmark.retrieval_metrics`) rank in float64. A deployment stores the float32
 embeddings in a faiss index and searches a batch of queries at once; for a batch faiss computes
 L2 distances through the expansion ‖a‖² + ‖b‖² − 2a·b in float32 (BLAS), which cannot resolve
 distances below about 3e-4 between unit vectors (faiss 1.15 takes that path once queries × items
@@ -45,7 +45,7 @@ def _index(kind: str, dim: int):
 def index_recall_at_1(embeddings: torch.Tensor, labels: torch.Tensor, kind: str = "faiss-f32") -> float:
     """R@1 (fraction) of the test split against itself, as a faiss index of ``kind`` returns it.
 
-    Queries without another item of their class are left out, as in :func:`benchmark.metrics.recall_at_k`.
+    Queries without another item of their class are left out, as in :func:`benchmark.retrieval_metrics.recall_at_k`.
     """
     if kind not in INDEX_KINDS:
         raise BenchmarkError(f"unknown index kind {kind!r}; accepted: {', '.join(INDEX_KINDS)}")

@@ -38,7 +38,7 @@ class LocalExecutor:
 
     def run(self, cells: Sequence[PlannedCell]) -> Iterator[CellResult]:
         for planned in cells:
-            yield self.task(planned.config, self.results_dir, expected_cell_id=planned.cell_id,
+            yield self.task(planned.config, self.results_dir, expected_key=planned.key,
                                      plugins=self.plugins, progress=self.progress, bundle=planned.cell.bundle,
                                      threads=self.threads)
 
@@ -84,9 +84,9 @@ class DaskExecutor:
         for planned in cells:
             self._submitted += 1
             futures.append(self.client.submit(
-                self.task, planned.config, str(self.results_dir), expected_cell_id=planned.cell_id,
+                self.task, planned.config, str(self.results_dir), expected_key=planned.key,
                 plugins=self.plugins, progress=False, threads=self.threads, pure=False,
-                key=f"rrb-cell-{planned.cell_id[:16]}-{self._submitted}"))
+                key=f"rrb-cell-{planned.key[:16]}-{self._submitted}"))
         try:
             for future in as_completed(futures):
                 yield future.result()

@@ -263,9 +263,9 @@ def plan_cells(configs: Sequence[CellConfig], results_dir: Path) -> list[Planned
 def run_audits(planned: Sequence[PlannedCell], results: Path, options: MatrixOptions) -> tuple[int, int, int, float]:
     """Audit (``options.audit``) every cell of the matrix that has no audit yet: natural training
     first (the other audits' transfer surrogate). Returns (audits, already done, computed, seconds)."""
-    from .audit import plan_audit
+    from .cell_audit import plan_audit
     from .registry import ATTACKS
-    from .scores import ERS_KEYS
+    from .robustness_scores import ERS_KEYS
 
     spec = options.audit
     start = time.perf_counter()
@@ -284,7 +284,7 @@ def run_audits(planned: Sequence[PlannedCell], results: Path, options: MatrixOpt
     for p in ordered:
         _, _, audit_id = plan_audit(p.config, spec, bundle=p.cell.bundle)
         if not store.check_cell_file(results, store.audit_path(results, p.dataset, audit_id), manifest).valid:
-            todo.append(PlannedCell(p.config, p.cell, "missing", audit_id))
+            todo.append(PlannedCell(p.config, p.cell, "missing", audit_id=audit_id))
     task = functools.partial(run_and_store_audit, spec=spec)
     runner: LocalExecutor | DaskExecutor | None = None
     computed = 0
@@ -320,7 +320,7 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     ``options`` (:class:`MatrixOptions`; its defaults when ``None``), with any of its fields
     overridden by keyword (``run_matrix(["digits"], ["nt"], [0], preset="smoke")``). With
     ``audit`` (an :class:`attacks.audit.AuditSpec`), every cell of the matrix is then audited
-    (strong evaluation and sanity checks, :mod:`benchmark.audit`), each audit stored once and
+    (strong evaluation and sanity checks, :mod:`benchmark.cell_audit`), each audit stored once and
     resumable like a cell.
 
     Checks the results directory, loads the plugins and resolves every cell before any work, so a

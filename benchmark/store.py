@@ -7,7 +7,7 @@ Layout under a results directory::
     cells/<dataset>/<cell_id>.lock          present while some process computes the cell
     cells/<dataset>/<audit_id>.lock         present while some process audits the cell
     telemetry/<dataset>/<cell_id>.parquet   the cell's per-step training telemetry
-    audits/<dataset>/<audit_id>.parquet     a cell's attack-strength audit (benchmark.audit)
+    audits/<dataset>/<audit_id>.parquet     a cell's attack-strength audit (benchmark.cell_audit)
     studies/<dataset>/<study_id>/...        convergence studies (benchmark.study; not in the manifest)
     checkpoints/...                         trained weights (written by cell.train_or_load)
 
@@ -21,7 +21,7 @@ overwrite, and the union can never hold a cell twice.
 
 Several processes (or Dask workers on several hosts) may share one results directory through
 per-cell lock files (:mod:`benchmark.locks`); ``rrb results`` formats the store with
-:mod:`benchmark.results_table`.
+:mod:`benchmark.results_listing`.
 
 Tamper evidence. ``MANIFEST.sha256`` at the top of the results directory holds the sha256 of every
 cell, telemetry and audit file, one ``<hex>  <relative path>`` line each (the format of
@@ -63,7 +63,7 @@ STORE_FORMAT = 3
 MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"
-AUDITS_DIR = "audits"  # attack-strength audits of cells (benchmark.audit), keyed by audit id
+AUDITS_DIR = "audits"  # attack-strength audits of cells (benchmark.cell_audit), keyed by audit id
 
 
 MANIFEST_NAME = "MANIFEST.sha256"

@@ -37,11 +37,11 @@ from . import locks, store
 from .atomic import atomic_write
 from .cell import CellConfig, cell_threads, resolve, train_or_load
 from .checkpoints import check_weights
+from .embedding import embed_split
 from .errors import BenchmarkError
-from .evaluation import embed_split
 from .presets import AttackProfile
 from .registry import ATTACKS
-from .scores import ers, ers_robrank
+from .robustness_scores import ers, ers_robrank
 
 STUDIES_DIR = "studies"
 COLUMNS = ["dataset", "cell_id", "study_id", "entry", "seed", "attack", "run", "method", "budget", "query",
@@ -178,7 +178,7 @@ def _attacker_best(values: pd.DataFrame) -> pd.Series:
 
 
 def study_curves(rows: pd.DataFrame) -> pd.DataFrame:
-    """ERS (ranked, :func:`benchmark.scores.ers`) and ERS (RobRank, :func:`~benchmark.scores.ers_robrank`)
+    """ERS (ranked, :func:`benchmark.robustness_scores.ers`) and ERS (RobRank, :func:`~benchmark.robustness_scores.ers_robrank`)
     per run and budget from a study's rows, for the best and the last iterate; plus ``restarts:r``,
     the per-query worst case over the fixed run and its first r restarts (best iterate)."""
     out = []

@@ -25,7 +25,7 @@ from .plugins import load_plugins
 class CellResult:
     """What happened to one cell in one process."""
 
-    cell_id: str
+    cell_id: str  # the id of the file the task wrote: the cell id, or an audit's audit id
     dataset: str
     entry: str
     seed: int
@@ -39,22 +39,28 @@ class CellResult:
 
 @dataclass
 class PlannedCell:
+    """One task of a matrix: a cell to compute, or (with ``audit_id``) a cell to audit."""
+
     config: CellConfig
     cell: ResolvedCell
     problem: str | None  # why an existing file is unusable; None when there is none
-    task_id: str | None = None  # the audit id, for an audit task; None: the cell itself
+    audit_id: str | None = None  # set for an audit task: the id of the audit file it writes
 
     @property
     def cell_id(self) -> str:
-        return self.task_id or self.cell.cell_id
+        return self.cell.cell_id
+
+    @property
+    def key(self) -> str:
+        """The id of the file this task writes (and locks): the audit id of an audit, else the cell id."""
+        return self.audit_id or self.cell.cell_id
 
     @property
     def dataset(self) -> str:
         return self.cell.bundle.name
 
 
-
-def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_cell_id: str | None = None,
+def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, expected_key: str | None = None,
                        plugins: Sequence[str] = (), progress: bool = False, bundle: Any = None,
                        threads: int | None = None) -> CellResult:
     """Claim, run and store one cell; the task of every executor (a Dask worker runs exactly this).
@@ -68,10 +74,10 @@ def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, ex
         start = time.perf_counter()
         load_plugins(plugins)
         cell = resolve(config, bundle=bundle)
-        if expected_cell_id is not None and cell.cell_id != expected_cell_id:
+        if expected_key is not None and cell.cell_id != expected_key:
             raise BenchmarkError(
                 f"cell {cell.entry} seed {config.seed} on {cell.bundle.name} resolves to config hash "
-                f"{cell.cell_id[:12]} here but {expected_cell_id[:12]} where the matrix was built: the "
+                f"{cell.cell_id[:12]} here but {expected_key[:12]} where the matrix was built: the "
                 "code or plugin files differ between the machines")
         path = store.cell_path(results_dir, cell.bundle.name, cell.cell_id)
 
@@ -135,22 +141,22 @@ def plugin_names(cell: ResolvedCell) -> str:
 
 
 def run_and_store_audit(config: CellConfig, results_dir: str | os.PathLike, *, spec: Any,
-                        expected_cell_id: str | None = None, plugins: Sequence[str] = (), progress: bool = False,
+                        expected_key: str | None = None, plugins: Sequence[str] = (), progress: bool = False,
                         bundle: Any = None, threads: int | None = None) -> CellResult:
-    """Claim, audit and store one finished cell (:mod:`benchmark.audit`): the audit task of every executor.
+    """Claim, audit and store one finished cell (:mod:`benchmark.cell_audit`): the audit task of every executor.
 
-    ``expected_cell_id`` is the audit id planned by the matrix. Same statuses as
+    ``expected_key`` is the audit id planned by the matrix. Same statuses as
     :func:`run_and_store_cell`.
     """
-    from .audit import audit_cell, plan_audit
+    from .cell_audit import audit_cell, plan_audit
 
     with _torch_threads(threads):
         start = time.perf_counter()
         load_plugins(plugins)
         cell, _, audit_id = plan_audit(config, spec, bundle=bundle)
-        if expected_cell_id is not None and audit_id != expected_cell_id:
+        if expected_key is not None and audit_id != expected_key:
             raise BenchmarkError(f"audit of {cell.entry} seed {config.seed} resolves to {audit_id[:12]} here but "
-                                 f"{expected_cell_id[:12]} where the matrix was built: the code differs")
+                                 f"{expected_key[:12]} where the matrix was built: the code differs")
         path = store.audit_path(results_dir, cell.bundle.name, audit_id)
 
         def compute() -> None:

@@ -1,6 +1,6 @@
 """The training loop: owns the optimiser, seeding, timing, progress and telemetry.
 
-A defense only turns a clean SPC-2 batch into the loss (benchmark.defense). Everything else —
+A defense only turns a clean SPC-2 batch into the loss (benchmark.defense_api). Everything else —
 Adam settings per model, the seeded sampler, the per-step telemetry of SPC-2 §6 and the wall
 clock per epoch — lives here, so every defense is trained under the same protocol.
 """
@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import DatasetBundle, SPC2Sampler, Split
-from .defense import Defense, TrainContext, defense_pgd_steps
+from .defense_api import Defense, TrainContext, defense_pgd_steps
 from .errors import BenchmarkError
 from .losses import mine_random
 from .models import EmbeddingModel, optimizer_settings

@@ -3,7 +3,7 @@
 ``validate_defense`` checks, in order, and stops at the first failure with one message:
 1. the plugin imports (a ``.py`` file via ``--plugin``, or an installed ``rrb.defenses`` entry point);
 2. it registers exactly one new defense, not shadowing a built-in;
-3. the class subclasses :class:`benchmark.defense.Defense`, has the
+3. the class subclasses :class:`benchmark.defense_api.Defense`, has the
    ``training_step(model, images, labels, ctx)`` signature, builds with its defaults and declares
    its PGD steps per batch;
 4. one training step on a tiny batch returns a finite scalar loss whose gradient reaches the model,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .defense import Defense, StepResult, TrainContext
+from .defense_api import Defense, StepResult, TrainContext
 from .errors import BenchmarkError
 from .plugins import load_builtins, load_plugin_file, restore_registries, snapshot_registries
 from .registry import DEFENSES, Entry
@@ -144,7 +144,7 @@ def check_attack(entry: Entry, seed: int = 0) -> None:
     from attacks.runner import run_attacks
 
     from .datasets import load_digits
-    from .evaluation import embed_split
+    from .embedding import embed_split
     from .models import C2F2
     from .presets import PROFILES
 
@@ -187,7 +187,7 @@ def _check(entry: Entry, seed: int) -> tuple[float, int, bool]:
     name = entry.name
     cls = entry.obj
     if not (inspect.isclass(cls) and issubclass(cls, Defense)):
-        raise BenchmarkError(f"plugin defense {name!r} must be a class deriving from benchmark.defense.Defense, "
+        raise BenchmarkError(f"plugin defense {name!r} must be a class deriving from benchmark.defense_api.Defense, "
                              f"got {type(cls).__name__}")
     step_fn = getattr(cls, "training_step", None)
     if step_fn is Defense.training_step:
@@ -232,7 +232,7 @@ def _one_step(name: str, defense: Defense, steps: int, seed: int) -> tuple[float
         raise BenchmarkError(f"plugin defense {name!r} raised inside training_step: "
                              f"{type(exc).__name__}: {exc}") from None
     if not isinstance(result, StepResult):
-        raise BenchmarkError(f"plugin defense {name!r}: training_step must return a benchmark.defense.StepResult, "
+        raise BenchmarkError(f"plugin defense {name!r}: training_step must return a benchmark.defense_api.StepResult, "
                              f"got {type(result).__name__}")
     loss = result.loss
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:

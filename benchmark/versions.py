@@ -9,9 +9,10 @@ defense's version and the version of every attack of the suite (plugins enter by
 The versions are only worth something if they move when the code does. :func:`fingerprint` hashes
 the code a built-in's numbers depend on: its own module, the project modules it imports from the
 ``defenses``/``attacks`` packages (transitively), and the shared numeric core of its kind
-(the trainer, losses, distances, PGD loop, model and the training budget of the presets for
-defenses; the PGD loop, the attack runner, distances, the benign retrieval metrics, the gallery's
-spread and the attack profiles for attacks: every stored evaluation number then follows the code).
+(the trainer and its telemetry, losses, distances, collapseness, PGD loop, model and the training
+budget of the presets for defenses; the PGD loop, the attack runner, distances, the benign
+retrieval metrics, the gallery's spread and the attack profiles for attacks: every stored
+evaluation number then follows the code).
 Source is normalised through the AST with docstrings dropped, so comments, docstrings and
 formatting do not count. ``implementation_versions.json`` beside this module (package data, so an
 installed copy checks itself and nothing here touches the tests folder) records (version,
@@ -38,14 +39,16 @@ RECORD = Path(__file__).resolve().parent / "implementation_versions.json"
 
 # The shared code every built-in of a kind runs through (paths relative to the repository root).
 SHARED = {
-    "defense": ("benchmark/trainer.py", "benchmark/defense.py", "benchmark/losses.py", "benchmark/distances.py",
-                "benchmark/pgd.py", "benchmark/models.py", "benchmark/presets.py"),
+    "defense": ("benchmark/trainer.py", "benchmark/defense_api.py", "benchmark/losses.py", "benchmark/distances.py",
+                "benchmark/pgd.py", "benchmark/models.py", "benchmark/presets.py", "benchmark/telemetry.py",
+                "benchmark/collapseness.py"),
     "attack": ("benchmark/pgd.py", "attacks/runner.py", "attacks/base.py", "benchmark/distances.py",
-               "benchmark/metrics.py", "benchmark/shrinkage.py", "benchmark/evaluation.py", "benchmark/presets.py"),
+               "benchmark/retrieval_metrics.py", "benchmark/shrinkage.py", "benchmark/embedding.py",
+               "benchmark/presets.py"),
 }
 FOLLOWED_PACKAGES = ("defenses", "attacks")  # imports inside these are followed transitively
 NUMERIC_CORE = ("benchmark.losses", "benchmark.distances", "benchmark.pgd", "benchmark.telemetry",
-                "benchmark.defense", "benchmark.models")
+                "benchmark.collapseness", "benchmark.defense_api", "benchmark.models")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

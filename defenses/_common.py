@@ -1,7 +1,7 @@
 """Pieces shared by the built-in TRIDE-family defenses (COLO-TRIDE, its ablations and CA-TRIDE):
 the "top-ranked" terms, the step size, the per-dataset λ and the CAP/ANP alternation. The helpers
 every defense (built-in or plugin) uses to perturb a batch, ``perturb``, ``clean_embeddings`` and
-``embedding_shift``, are public in :mod:`benchmark.defense`; the defenses import them from there.
+``embedding_shift``, are public in :mod:`benchmark.defense_api`; the defenses import them from there.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.defense import (
+from benchmark.defense_api import (
     Defense,
     TrainContext,
 )

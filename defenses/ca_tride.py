@@ -27,7 +27,8 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import StepResult, TrainContext, clean_embeddings, embedding_shift, param, perturb
+from benchmark.collapseness import collapseness
+from benchmark.defense_api import StepResult, TrainContext, clean_embeddings, embedding_shift, param, perturb
 from benchmark.losses import (
     Triplets,
     gradual_margin,
@@ -37,7 +38,6 @@ from benchmark.losses import (
     triplet_loss,
 )
 from benchmark.registry import DEFENSES
-from benchmark.telemetry import collapseness
 
 from ._common import (
     AlternatingPhases,

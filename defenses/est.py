@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import (
+from benchmark.defense_api import (
     Defense,
     StepResult,
     TrainContext,

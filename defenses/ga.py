@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext, param
+from benchmark.defense_api import Defense, StepResult, TrainContext, param
 from benchmark.losses import mine_random, triplet_loss
 from benchmark.registry import DEFENSES
 

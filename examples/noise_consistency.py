@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult, TrainContext
+from benchmark.defense_api import Defense, StepResult, TrainContext
 from benchmark.losses import mine_random, row_distance, triplet_loss
 from benchmark.registry import DEFENSES
 

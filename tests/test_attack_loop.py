@@ -22,8 +22,8 @@ from attacks.runner import (
     select_queries,
 )
 from benchmark.datasets import load_digits
+from benchmark.embedding import embed_split
 from benchmark.errors import BenchmarkError
-from benchmark.evaluation import embed_split
 from benchmark.models import C2F2
 from benchmark.pgd import PGDConfig, _apgd_checkpoints, apgd
 from benchmark.presets import PROFILES

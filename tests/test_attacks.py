@@ -10,8 +10,8 @@ import attacks  # noqa: F401  (registers the suite)
 from attacks.base import Gallery, neighbourhood_size
 from attacks.runner import attack_generator, run_attacks, select_queries
 from benchmark.datasets import SPC2Sampler, load_digits
+from benchmark.embedding import embed_split
 from benchmark.errors import BenchmarkError
-from benchmark.evaluation import embed_split
 from benchmark.losses import mine_random, triplet_loss
 from benchmark.models import C2F2
 from benchmark.pgd import PGDConfig, pgd

@@ -118,7 +118,7 @@ def test_an_out_of_range_parameter_fails_before_training(tmp_path):
 def test_defense_param_has_one_syntax_everywhere(capsys, tmp_path):
     """DEFENSE:NAME=VALUE is accepted by every command; NAME=VALUE alone where one defense is named."""
     from benchmark.cli import _cell_config, build_parser
-    from benchmark.defense import parse_defense_params
+    from benchmark.defense_api import parse_defense_params
     from benchmark.errors import BenchmarkError
 
     assert parse_defense_params(["ga:gamma=0.05"], ["ga"]) == parse_defense_params(["gamma=0.05"], ["ga"]) \

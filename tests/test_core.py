@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from benchmark.collapseness import attention_mean, collapseness
 from benchmark.datasets import SPC2Sampler, load_digits
-from benchmark.defense import Defense, StepResult, parse_params
+from benchmark.defense_api import Defense, StepResult, parse_params
 from benchmark.errors import BenchmarkError
 from benchmark.losses import Triplets, mine_random, mine_semihard, mine_softhard, triplet_loss
 from benchmark.models import C2F2, ResNet18Embedding
@@ -17,7 +18,7 @@ from benchmark.pgd import PGDConfig, pgd
 from benchmark.plugins import load_builtins as import_builtins
 from benchmark.presets import PROFILES, Preset, get_preset, get_profile, profile_for_input
 from benchmark.registry import Registry
-from benchmark.telemetry import attention_mean, batch_telemetry, collapseness, is_collapsed
+from benchmark.telemetry import batch_telemetry, is_collapsed
 from benchmark.trainer import train_model
 
 

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 import defenses
+from benchmark.collapseness import collapseness
 from benchmark.datasets import load_digits
-from benchmark.defense import Defense, TrainContext, defense_pgd_steps, parse_params
+from benchmark.defense_api import Defense, TrainContext, defense_pgd_steps, parse_params
 from benchmark.errors import BenchmarkError
 from benchmark.losses import Triplets, row_distance, triplet_distances
 from benchmark.models import EmbeddingModel
 from benchmark.registry import BUILTIN, DEFENSES
-from benchmark.telemetry import collapseness
 from defenses.colo_tride import top_ranked_gamma
 from defenses.hm import hardness_manipulation_objective, linear_gradual_destination
 
@@ -410,7 +410,7 @@ def test_ga_terms_change_the_gradient_and_vanish_at_zero() -> None:
 def _one_step_budget(name: str, ctx: TrainContext) -> tuple[int, float]:
     """(PGD steps, step size) a TRIDE-family defense uses for one step, read from the PGD config it builds."""
     seen = {}
-    import benchmark.defense as common  # perturb() calls the PGD loop through this module
+    import benchmark.defense_api as common  # perturb() calls the PGD loop through this module
 
     real = common.pgd
 

@@ -145,7 +145,7 @@ HEADER = """
 from dataclasses import dataclass
 from typing import ClassVar
 
-from benchmark.defense import Defense, StepResult
+from benchmark.defense_api import Defense, StepResult
 from benchmark.losses import mine_random, triplet_loss
 from benchmark.registry import DEFENSES
 """
@@ -243,10 +243,10 @@ CASES: dict[str, tuple[list[str], str]] = {
                                           "{archive:folder-bad-png}", "--results", R], "cannot decode image"),
     # plugins
     "plugins/wrong-type-under-train": (["train", "--defense", "wrong-type", "--plugin", "{plugin:wrong-return-type}",
-                                        "--preset", "smoke", "--results", R], "must return a benchmark.defense"),
+                                        "--preset", "smoke", "--results", R], "must return a benchmark.defense_api"),
     "plugins/wrong-type-under-attack": (["attack", "--defense", "wrong-type", "--plugin",
                                          "{plugin:wrong-return-type}", "--preset", "smoke", "--results", R],
-                                        "must return a benchmark.defense"),
+                                        "must return a benchmark.defense_api"),
     "plugins/syntax-error-submit": (["submit", "{plugin:syntax-error}", "--results", R], "SyntaxError"),
     "plugins/registers-a-function-as-attack": (["attack", "--attacks", "not-an-attack", "--plugin",
                                                 "{plugin:attack-not-an-attack}", "--preset", "smoke",
@@ -320,7 +320,7 @@ def test_run_with_a_broken_plugin_defense_is_refused_apart(small_store, tmp_path
     plugin = _plugin("wrong-return-type", tmp_path)
     line = run_case(["run", "--defenses", "wrong-type", "--plugin", str(plugin), "--preset", "smoke",
                      "--results", str(small_store), "--quiet"], small_store, capsys)
-    assert "plugin defense 'wrong-type': training_step must return a benchmark.defense.StepResult" in line
+    assert "plugin defense 'wrong-type': training_step must return a benchmark.defense_api.StepResult" in line
 
 
 # ------------------------------------------------------------------------------------------------

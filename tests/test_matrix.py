@@ -34,8 +34,8 @@ from benchmark.errors import BenchmarkError
 from benchmark.matrix import MatrixOptions, MatrixSummary, run_matrix
 from benchmark.plugins import load_builtins as import_builtins
 from benchmark.registry import ATTACKS
+from benchmark.robustness_scores import ARS_KEYS, ERS_KEYS, ROBRANK_ERS_KEYS, ers, ers_robrank
 from benchmark.schema import ALL_COLUMNS, BENIGN_METRICS, COLUMN_TYPES, PROVENANCE_COLUMNS, TELEMETRY_COLUMNS
-from benchmark.scores import ARS_KEYS, ERS_KEYS, ROBRANK_ERS_KEYS, ers, ers_robrank
 
 REPO = Path(__file__).resolve().parents[1]
 DEFENSES = ("nt", "ga")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark.errors import BenchmarkError
-from benchmark.metrics import kmeans_assignments, nmi_score, recall_at_k, retrieval_metrics
+from benchmark.retrieval_metrics import kmeans_assignments, nmi_score, recall_at_k, retrieval_metrics
 
 
 def brute_force_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 2)) -> dict[str, float]:
@@ -214,7 +214,7 @@ def test_metrics_survive_embeddings_shrunk_into_a_tiny_cap():
     """Adversarial training can squeeze unit-norm embeddings into a cap of radius 1e-4 (GA: mean
     pairwise distance 5e-4 on digits); the ‖a‖²+‖b‖²−2a·b expansion in float32 then loses every
     distance (it turned a 0.97 R@1 into 0.15). R@1 must match a brute-force float64 count."""
-    from benchmark.metrics import retrieval_metrics
+    from benchmark.retrieval_metrics import retrieval_metrics
 
     torch.manual_seed(0)
     labels = torch.arange(20).repeat_interleave(10)

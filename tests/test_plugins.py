@@ -183,7 +183,7 @@ PLAIN_MODULE = """
 from dataclasses import dataclass
 from typing import ClassVar
 
-from benchmark.defense import Defense
+from benchmark.defense_api import Defense
 
 
 @dataclass
@@ -322,7 +322,7 @@ from typing import ClassVar
 
 import torch
 
-from benchmark.defense import Defense, StepResult
+from benchmark.defense_api import Defense, StepResult
 from benchmark.losses import mine_random, triplet_loss
 from benchmark.registry import DEFENSES
 

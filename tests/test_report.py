@@ -22,8 +22,8 @@ from benchmark.report import (
     render_leaderboards,
     training_curves,
 )
+from benchmark.robustness_scores import ARS_KEYS, ars, ars_mean, ers, ers_robrank, whm
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
-from benchmark.scores import ARS_KEYS, ars, ars_mean, ers, ers_robrank, whm
 
 
 def described(attack: str, metric: str) -> dict:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmark.errors import BenchmarkError
-from benchmark.scores import (
+from benchmark.robustness_scores import (
     ARS_GOALS,
     ARS_KEYS,
     ERS_KEYS,

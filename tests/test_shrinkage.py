@@ -22,10 +22,10 @@ from benchmark import store
 from benchmark.cell import CellConfig
 from benchmark.deployment import index_recall_at_1, index_recalls
 from benchmark.errors import BenchmarkError
-from benchmark.metrics import recall_at_k
 from benchmark.plugins import load_builtins, load_plugin_file, restore_registries, snapshot_registries
 from benchmark.report import build_boards
 from benchmark.report.tables import cell_table
+from benchmark.retrieval_metrics import recall_at_k
 from benchmark.shrinkage import SHRUNK_FRACTION, embedding_spread
 from benchmark.tasks import run_and_store_cell
 from benchmark.telemetry import ENTANGLED_SEPARABILITY, training_summary

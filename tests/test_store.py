@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark import locks, results_table, store
+from benchmark import locks, results_listing, store
 from benchmark.errors import BenchmarkError
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
 
@@ -80,7 +80,7 @@ def test_empty_store_is_typed_and_empty(tmp_path):
     df = store.load_results(tmp_path / "nowhere")
     assert df.empty
     assert_schema_types(df)
-    assert results_table.format_results(df) == "(no results)\n"
+    assert results_listing.format_results(df) == "(no results)\n"
 
 
 def test_write_rejects_mixed_cells(tmp_path):
@@ -173,22 +173,22 @@ def test_format_results(tmp_path):
     store.write_cell(tmp_path, synthetic_rows("a" * 64))
     store.write_cell(tmp_path, synthetic_rows("b" * 64, entry="act", seed=1, ers=40.0))
     df = store.load_results(tmp_path)
-    table = results_table.format_results(df, "table")
+    table = results_listing.format_results(df, "table")
     lines = table.strip().splitlines()
     assert len(lines) == 3  # header + one line per entry x seed
     assert "ERS" in lines[0] and "train_s" in lines[0]
     assert any("act" in line and "40.0" in line and "0.9000" in line for line in lines[1:])
 
-    summary = results_table.summary_table(df)
+    summary = results_listing.summary_table(df)
     # rows without an ERS:RobRank score predate the scale-free ERS: their ERS is RobRank's
     assert sorted(summary["ERS_RobRank"]) == [10.0, 40.0] and summary["ERS"].isna().all()
 
-    csv = results_table.format_results(df, "csv")
+    csv = results_listing.format_results(df, "csv")
     assert csv.splitlines()[0].split(",") == ALL_COLUMNS and len(csv.splitlines()) == 15
-    records = json.loads(results_table.format_results(df, "json"))
+    records = json.loads(results_listing.format_results(df, "json"))
     assert len(records) == 14 and records[0]["created_at"].startswith("2024-01-02")
     with pytest.raises(BenchmarkError, match="accepted: table, csv, json"):
-        results_table.format_results(df, "xml")
+        results_listing.format_results(df, "xml")
 
 
 def test_load_results_never_raises_on_foreign_files(tmp_path):

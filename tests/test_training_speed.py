@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmark.datasets import SPC2Sampler, load_digits
-from benchmark.defense import TrainContext
+from benchmark.defense_api import TrainContext
 from benchmark.models import C2F2
 from benchmark.plugins import load_builtins as import_builtins
 from benchmark.presets import PROFILES

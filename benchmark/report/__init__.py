@@ -13,13 +13,13 @@ URIs (the page fetches nothing) and written as PNG files beside the Markdown, wh
 Rendering is deterministic: the same store gives the same bytes (no "generated at" clock time;
 the page shows the created-at range of the rows instead).
 
-The package has five parts: :mod:`.model` (the page model: Board, Row, Column, Cell, Figure),
+The package has five parts: :mod:`.model` (the page model: Board, Row, Column, TableCell, Figure),
 :mod:`.tables` (per-cell tables, aggregation over seeds, the columns), :mod:`.protocol` (the
 protocol and provenance lines), :mod:`.plots` (figures) and :mod:`.render` (templates and the
-entry points). The Replication and COLO-activity sections come from :mod:`benchmark.replication`.
+entry points). The Replication and COLO-activity sections come from :mod:`benchmark.report.replication`.
 """
 
-from .model import Board, BoardKey, Cell, Column, Figure, Row
+from .model import Board, BoardKey, Column, Figure, Row, TableCell
 from .plots import (
     plot_attack_bars,
     plot_clean_collapseness,
@@ -42,7 +42,7 @@ from .tables import (
     summarise,
 )
 
-__all__ = ["NON_ATTACK_GROUPS", "Board", "BoardKey", "Cell", "Column", "EntrySummary", "Figure", "Row",
+__all__ = ["NON_ATTACK_GROUPS", "Board", "BoardKey", "Column", "EntrySummary", "Figure", "Row", "TableCell",
            "attack_columns", "board_keys", "build_boards", "cell_table", "format_stat", "leaderboard_columns",
            "markdown_escape", "pareto_front", "plot_attack_bars", "plot_clean_collapseness", "plot_ers_vs_cost",
            "plot_ers_vs_r1", "plot_training_curves", "protocol_lines", "provenance_lines", "render_from_store",

@@ -6,8 +6,8 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-from ..replication import ActivityRow, Replication
 from ..shrinkage import SHRUNK_FRACTION
+from .replication import ActivityRow, Replication
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class Column:
 
 
 @dataclass
-class Cell:
-    """A printed table cell: the text and the raw number the HTML table sorts by."""
+class TableCell:
+    """A printed table cell (not a matrix cell): the text and the raw number the HTML table sorts by."""
 
     text: str
     sort: float | str | None = None
@@ -38,11 +38,11 @@ class Row:
     entry: str
     defense_params: str
     seeds: int
-    cells: list[Cell]
-    shrunk: Cell  # seeds whose clean test gallery spreads < SHRUNK_FRACTION of natural training's
-    entangled: Cell  # seeds whose late-training separability sank to about 0 (the paper's collapse)
-    kind: Cell
-    audit: Cell | None = None  # the attack-strength audit's verdict (boards that carry audits)
+    cells: list[TableCell]
+    shrunk: TableCell  # seeds whose clean test gallery spreads < SHRUNK_FRACTION of natural training's
+    entangled: TableCell  # seeds whose late-training separability sank to about 0 (the paper's collapse)
+    kind: TableCell
+    audit: TableCell | None = None  # the attack-strength audit's verdict (boards that carry audits)
 
 
 AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..scores import ERS_KEYS, ERS_TERMS
+from ..robustness_scores import ERS_KEYS, ERS_TERMS
 from .model import Column, Figure
 from .tables import EntrySummary, pareto_front, ranking_key
 

@@ -19,7 +19,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from ..errors import BenchmarkError
-from ..replication import ACTIVITY_COLUMNS, colo_activity, replication
 from .model import Board
 from .plots import (
     plot_attack_bars,
@@ -29,6 +28,7 @@ from .plots import (
     plot_training_curves,
 )
 from .protocol import _registry_description, _unique, protocol_lines, provenance_lines
+from .replication import ACTIVITY_COLUMNS, colo_activity, replication
 from .tables import (
     _board_rows,
     _check_frame,

@@ -20,11 +20,11 @@ import pandas as pd
 
 from ..deployment import BREAK_POINTS
 from ..errors import BenchmarkError
+from ..robustness_scores import RANKED_SCORE, ROBRANK_SCORE, SCORED_KEYS
 from ..schema import ALL_COLUMNS
-from ..scores import RANKED_SCORE, ROBRANK_SCORE, SCORED_KEYS
 from ..shrinkage import SHRUNK_FRACTION
 from ..telemetry import training_summary
-from .model import AUDIT_CHECKS, BoardKey, Cell, Column, Row
+from .model import AUDIT_CHECKS, BoardKey, Column, Row, TableCell
 
 # Row groups that are not attacks (``attack`` column values).
 NON_ATTACK_GROUPS = ("benign", "score", "training", "audit")
@@ -427,13 +427,13 @@ def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) ->
             sort = mean if n and math.isfinite(mean) else None
             if not column.zero_std and std == 0.0:
                 std = math.nan
-            cells.append(Cell(format_stat(mean, std, n, decimals, s.n), sort))
+            cells.append(TableCell(format_stat(mean, std, n, decimals, s.n), sort))
         shrunk, entangled = verdict_cell(s, "shrunk"), verdict_cell(s, "entangled")
         if s.is_plugin:
-            kind = Cell("plugin " + ", ".join(h[:8] for h in s.plugin_hashes) if s.plugin_hashes else "plugin",
+            kind = TableCell("plugin " + ", ".join(h[:8] for h in s.plugin_hashes) if s.plugin_hashes else "plugin",
                         "plugin")
         else:
-            kind = Cell("built-in", "built-in")
+            kind = TableCell("built-in", "built-in")
         for column, cell in zip(columns, cells):
             if column.key == "R@1:faiss-f32" and s.count.get("index_breaks") and s.mean.get("index_breaks", 0) > 0:
                 cell.text += " (breaks)"
@@ -442,7 +442,7 @@ def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) ->
     return rows
 
 
-def verdict_cell(s: EntrySummary, key: str) -> Cell:
+def verdict_cell(s: EntrySummary, key: str) -> TableCell:
     """``k/n`` seeds with the verdict; ``?`` for seeds where it could not be decided (e.g. no NT cell
     of that seed to compare the spread with)."""
     known = [v for v in s.values.get(key, []) if math.isfinite(v)]
@@ -450,21 +450,21 @@ def verdict_cell(s: EntrySummary, key: str) -> Cell:
     text = f"{flagged}/{len(known)}" if known else "?"
     if known and len(known) < s.n:
         text += f" ({s.n - len(known)} ?)"
-    return Cell(text, flagged / len(known) if known else -1.0, "warn" if flagged else "")
+    return TableCell(text, flagged / len(known) if known else -1.0, "warn" if flagged else "")
 
 
-def audit_cell(s: EntrySummary) -> Cell:
+def audit_cell(s: EntrySummary) -> TableCell:
     """The Audit column: how many seeds were audited, and which sanity checks flagged any of them."""
     audited = len([v for v in s.values.get("audit:flagged", []) if math.isfinite(v)])
     if audited == 0:
-        return Cell("not audited" if not s.is_plugin else "UNAUDITED plugin", -1.0, "warn" if s.is_plugin else "")
+        return TableCell("not audited" if not s.is_plugin else "UNAUDITED plugin", -1.0, "warn" if s.is_plugin else "")
     flagged = [label for key, label in AUDIT_CHECKS
                if any(math.isfinite(v) and v > 0 for v in s.values.get(f"audit:{key}", []))]
     seeds = int(sum(v > 0 for v in s.values.get("audit:flagged", []) if math.isfinite(v)))
     suffix = f" ({audited}/{s.n} seeds audited)" if audited < s.n else ""
     if flagged:
-        return Cell(f"FLAGGED {seeds}/{audited}: " + ", ".join(flagged) + suffix, float(seeds), "warn")
-    return Cell(f"pass {audited}/{audited}" + suffix, 0.0)
+        return TableCell(f"FLAGGED {seeds}/{audited}: " + ", ".join(flagged) + suffix, float(seeds), "warn")
+    return TableCell(f"pass {audited}/{audited}" + suffix, 0.0)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

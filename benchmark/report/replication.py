@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .shrinkage import SHRUNK_FRACTION
-from .telemetry import ENTANGLED_SEPARABILITY
+from ..shrinkage import SHRUNK_FRACTION
+from ..telemetry import ENTANGLED_SEPARABILITY
 
 HOLDS, REVERSED, NOISE, NOT_RUN = "holds", "reversed", "within noise", "not run"
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced here"

@@ -1,4 +1,4 @@
-"""Embedding a split once and scoring benign retrieval on it."""
+"""Embedding a split once: the clean, L2-normalised embeddings every evaluation starts from."""
 
 from __future__ import annotations
 

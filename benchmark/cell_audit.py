@@ -29,11 +29,11 @@ from attacks.audit import AuditSpec, Surrogate, run_audit, verdicts
 from . import store
 from .cell import CellConfig, ResolvedCell, cell_threads, resolve, train_or_load
 from .checkpoints import TrainedModel, check_weights
+from .embedding import embed_split
 from .errors import BenchmarkError
-from .evaluation import embed_split
 from .registry import ATTACKS
+from .robustness_scores import ARS_KEYS, ERS_KEYS, ars_mean, ers
 from .schema import rows_frame
-from .scores import ARS_KEYS, ERS_KEYS, ars_mean, ers
 
 AUDIT_ATTACK = "audit"
 SURROGATE_DEFENSE = "nt"

@@ -33,6 +33,7 @@ from .embedding import embed_split
 from .errors import BenchmarkError
 from .models import make_model
 from .plugins import load_builtins
+from .precision import DEFAULT_PRECISION, check_precision, set_precision
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .provenance import provenance
 from .registry import DEFENSES, MODELS
@@ -56,6 +57,8 @@ class CellConfig:
     # torch's CPU thread count, part of a CPU cell's identity (another count adds in another order:
     # other weights, other numbers). None: this process's count when the cell is resolved.
     threads: int | None = None
+    # The forward pass's precision (benchmark.precision); a non-default one is part of the identity.
+    precision: str = "float32"
     # Not part of the hash:
     data_root: str | None = None
     weights: str | None = None
@@ -82,6 +85,7 @@ class ResolvedCell:
     plugin_source: str | None = None
     plugin_hash: str | None = None
     threads: int = 1  # torch CPU threads the cell trains and evaluates with (CPU cells)
+    precision: str = "float32"  # benchmark.precision: what the model's trunk computes in
     cell_id: str = field(default="")
     train_id: str = field(default="")
 
@@ -101,6 +105,8 @@ class ResolvedCell:
             "train_alpha": self.profile.train_alpha, "attention_lambda": self.attention_lambda,
             "plugin_hash": self.plugin_hash, "weights": bool(self.config.weights),
             **({"cpu_threads": self.threads} if self.device.type == "cpu" else {}),
+            # float32 cells keep the ids they had before precision was a choice.
+            **({"precision": self.precision} if self.precision != DEFAULT_PRECISION else {}),
         }
 
     def hash_payload(self) -> dict[str, Any]:
@@ -127,7 +133,8 @@ class ResolvedCell:
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised model of this cell (its architecture, input channels and weights)."""
-        return make_model(self.model_name, in_channels=self.bundle.in_channels, weights=self.config.weights)
+        return set_precision(make_model(self.model_name, in_channels=self.bundle.in_channels,
+                                        weights=self.config.weights), self.precision)
 
     def load_checkpoint(self, path: Path) -> TrainedModel | None:
         """This cell's trained model from ``path``; ``None`` when the file is corrupt or another cell's."""
@@ -162,6 +169,7 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
     if config.seed < 0:
         raise BenchmarkError(f"seed must be a non-negative integer, got {config.seed}")
     preset = get_preset(config.preset)
+    precision = check_precision(config.precision)
     # The defense and its parameter ranges are checked before any data is loaded.
     defense_entry = DEFENSES.get(config.defense)
     defense = defense_entry.obj.from_params(dict(config.defense_params))
@@ -182,7 +190,7 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
     return ResolvedCell(config, bundle, model_name, defense_entry.name, defense, preset, profile, float(lam),
                         attack_names, resolve_device(config.device),
                         plugin_source=defense_entry.source if defense_entry.is_plugin else None,
-                        plugin_hash=defense_entry.source_hash, threads=threads)
+                        plugin_hash=defense_entry.source_hash, threads=threads, precision=precision)
 
 
 @contextmanager
@@ -319,7 +327,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
         "attention_lambda": cell.attention_lambda, "collapsed": trained.history.collapsed,
         "train_seconds": trained.history.train_seconds, "seconds_per_epoch": trained.history.seconds_per_epoch,
         "attack_seconds": 0.0, "queries_per_second": 0.0, "eval_seconds": eval_seconds,
-        "config_hash": cell.cell_id,
+        "config_hash": cell.cell_id, "precision": cell.precision,
         **provenance(cell.device),
     }
     rows: list[dict[str, Any]] = []

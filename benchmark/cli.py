@@ -82,12 +82,24 @@ def _seeds(text: str) -> list[int]:
     return [_seed(t) for t in _csv(text)]
 
 
+def _precision(text: str) -> str:
+    from .precision import check_precision
+
+    try:
+        return check_precision(text)
+    except BenchmarkError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _common(p: argparse.ArgumentParser, *, results: bool = True) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="load a plugin file that registers defenses or attacks (repeatable)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (see README)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--precision", type=_precision, default="float32",
+                   help="float32 (default) or bf16: the convolutional trunk under bfloat16 autocast, head and "
+                        "normalisation in float32; part of the cell's id (README: Performance)")
     if results:
         p.add_argument("--results", default=DEFAULT_RESULTS, help="results directory (default: results)")
 
@@ -303,7 +315,7 @@ def _cell_config(args: argparse.Namespace, **overrides):
     values = dict(dataset=args.dataset, defense=args.defense, seed=args.seed, preset=args.preset,
                   profile=args.profile, model=args.model, defense_params=params,
                   attention_lambda=args.attention_lambda, data_root=args.data_root, weights=args.weights,
-                  device=args.device)
+                  device=args.device, precision=args.precision)
     values.update(overrides)
     return CellConfig(**values)
 
@@ -568,7 +580,7 @@ def _matrix_options(args: argparse.Namespace, plugins: list[str], *, audit):
                          device=args.device, defense_params=_matrix_defense_params(args),
                          plugins=tuple(str(Path(p).expanduser().resolve()) for p in plugins),
                          progress=not args.quiet, attacks=getattr(args, "attacks", None),
-                         threads=getattr(args, "threads", None), audit=audit)
+                         threads=getattr(args, "threads", None), audit=audit, precision=args.precision)
 
 
 def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, options) -> dict:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BenchmarkError
+from .precision import autocast
 from .registry import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,17 +21,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EmbeddingModel(nn.Module):
-    """Base: subclasses implement ``embed_raw``; ``forward`` returns unit-norm embeddings."""
+    """Base: subclasses implement ``embed_raw``; ``forward`` returns unit-norm embeddings.
+
+    ``embed_raw`` is ``embed_head(embed_trunk(x))``: subclasses that split their network that way
+    (the built-ins do) can run the trunk in bfloat16 while the head and the normalisation stay in
+    float32 (``precision``, :mod:`benchmark.precision`); a subclass that only overrides
+    ``embed_raw`` runs in float32.
+    """
 
     input_size: int = 28
     in_channels: int = 1
     embedding_dim: int = 512
+    precision: str = "float32"
 
-    def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
+    def embed_trunk(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def embed_head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_head(self.embed_trunk(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.embed_raw(x), p=2, dim=-1)
+        if self.precision == "float32":
+            return F.normalize(self.embed_raw(x), p=2, dim=-1)
+        with autocast(self.precision, x.device.type):
+            h = self.embed_trunk(x)
+        return F.normalize(self.embed_head(h.float()), p=2, dim=-1)
 
     def set_train_mode(self, adversarial: bool = False) -> None:
         """Put the model in training mode (subclasses may keep parts frozen)."""
@@ -53,8 +71,11 @@ class C2F2(EmbeddingModel):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(),
                                   nn.Linear(1024, embedding_dim))
 
-    def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def embed_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head[:-1](self.features(x))
+
+    def embed_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head[-1](h)
 
 
 @MODELS.register("resnet18", aliases=("rres18",),
@@ -105,8 +126,15 @@ class ResNet18Embedding(EmbeddingModel):
             raise BenchmarkError(f"weights file {str(weights)!r} is not a ResNet-18 state dict "
                                  f"(missing {len(bad)} keys, e.g. {bad[0]!r})")
 
-    def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+    def embed_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = (x - self.mean) / self.std
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return torch.flatten(b.avgpool(x), 1)
+
+    def embed_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.backbone.fc(h)
 
     def set_train_mode(self, adversarial: bool = False) -> None:
         self.train()

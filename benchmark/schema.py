@@ -54,6 +54,7 @@ CELL_COLUMNS = [
     "epochs", "batch_pairs", "attack_queries", "attention_lambda",
     "collapsed",
     "train_seconds", "seconds_per_epoch", "attack_seconds", "queries_per_second", "eval_seconds",
+    "precision",  # what the model's trunk computed in (benchmark.precision): float32 or bf16
 ]
 PROVENANCE_COLUMNS = [
     "package_version", "git_commit", "torch_version", "faiss_version", "device_name",
@@ -72,11 +73,15 @@ COLUMN_TYPES = {
     "epsilon": "float64", "alpha": "float64", "attack_steps": "int64", "train_pgd_steps": "int64", "faithful": "bool",
     "epochs": "int64", "batch_pairs": "int64", "attack_queries": "int64", "attention_lambda": "float64",
     "collapsed": "bool", "train_seconds": "float64", "seconds_per_epoch": "float64",
-    "attack_seconds": "float64", "queries_per_second": "float64", "eval_seconds": "float64",
+    "attack_seconds": "float64", "queries_per_second": "float64", "eval_seconds": "float64", "precision": "string",
     "package_version": "string", "git_commit": "string", "torch_version": "string",
     "faiss_version": "string", "device_name": "string", "config_hash": "string",
     "created_at": "datetime64[ns, UTC]",
 }
+
+# Columns added after cells were first stored, with the value every older cell had: a stored cell
+# without one reads it (instead of being taken for a damaged file and recomputed).
+COLUMN_DEFAULTS = {"precision": "float32"}
 
 TELEMETRY_COLUMNS = [
     "cell_id", "dataset", "defense", "entry", "seed", "preset", "step", "epoch",

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_write, temp_prefix
 from .errors import BenchmarkError
 from .locks import lock_path, wait_for_lock  # noqa: F401 (lock_path: part of the store's layout)
-from .schema import ALL_COLUMNS, TELEMETRY_COLUMNS, coerce_types
+from .schema import ALL_COLUMNS, COLUMN_DEFAULTS, TELEMETRY_COLUMNS, coerce_types
 
 log = logging.getLogger(__name__)
 
@@ -429,13 +429,17 @@ def read_cell_file(path: str | os.PathLike) -> CellFile:
                                     "(written by another rrb version; its cell is computed afresh)")
     if marker.get("cell_id") != cell_id:
         return CellFile(path, None, f"marker names cell {marker.get('cell_id')!r}, file name says {cell_id!r}")
-    missing = [c for c in ALL_COLUMNS if c not in table.column_names]
+    missing = [c for c in ALL_COLUMNS if c not in table.column_names and c not in COLUMN_DEFAULTS]
     if missing:
         return CellFile(path, None, f"missing columns {missing}")
     if table.num_rows == 0 or table.num_rows != marker.get("rows"):
         return CellFile(path, None, f"{table.num_rows} rows, marker says {marker.get('rows')}")
     try:
-        rows = coerce_types(table.to_pandas()[ALL_COLUMNS])
+        frame = table.to_pandas()
+        for column, default in COLUMN_DEFAULTS.items():  # a cell stored before the column existed
+            if column not in frame.columns:
+                frame[column] = default
+        rows = coerce_types(frame[ALL_COLUMNS])
     except Exception as exc:
         return CellFile(path, None, f"columns of the wrong type ({type(exc).__name__}: {exc})")
     key = "config_hash" if path.parent.parent.name == AUDITS_DIR else "cell_id"

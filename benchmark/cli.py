@@ -78,6 +78,16 @@ def _queries(text: str) -> int | str:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
 def _seeds(text: str) -> list[int]:
     return [_seed(t) for t in _csv(text)]
 
@@ -175,8 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     _cell_args(p)
     _common(p)
     p.add_argument("--budgets", type=_csv, default=None, metavar="K,K,...",
-                   help="increasing PGD step counts to record (default 32,64,128,256,512)")
-    p.add_argument("--restarts", type=int, default=4, help="random restarts, each one long run (default 4)")
+                   help="increasing PGD step counts the fixed-step run records (default 32,64,128,256,512)")
+    p.add_argument("--restarts", type=_count, default=1, metavar="R",
+                   help="random-start runs, 0 or more (default 1)")
+    p.add_argument("--restart-budget", type=_count, default=None, metavar="K",
+                   help="steps of each random-start run (default 128; at most the longest budget)")
+    p.add_argument("--apgd-budgets", type=_csv, default=None, metavar="K,K,...",
+                   help="one APGD-schedule run per budget (default 64,256)")
     p.add_argument("--no-apgd", action="store_true", help="leave out the APGD-schedule runs")
     p.add_argument("--threads", type=_threads, default=None, metavar="N",
                    help="torch CPU threads: the count the cell was run with (it is part of a CPU cell's id)")
@@ -662,11 +677,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .study import StudySpec, run_study, study_curves
 
     _load_plugins(args.plugin)
-    try:
-        budgets = tuple(int(b) for b in args.budgets) if args.budgets else StudySpec().budgets
-    except ValueError:
-        raise BenchmarkError(f"--budgets must be increasing positive integers, got {','.join(args.budgets)}") from None
-    spec = StudySpec(budgets=budgets, restarts=args.restarts, apgd=not args.no_apgd)
+    default = StudySpec()
+
+    def steps(option: str, values: list[str] | None, fallback: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(int(b) for b in values) if values else fallback
+        except ValueError:
+            raise BenchmarkError(f"{option} must be increasing positive integers, got {','.join(values)}") from None
+
+    budgets = steps("--budgets", args.budgets, default.budgets)
+    apgd = () if args.no_apgd else steps("--apgd-budgets", args.apgd_budgets, default.apgd_budgets)
+    restart_budget = args.restart_budget if args.restart_budget is not None else min(default.restart_budget,
+                                                                                      budgets[-1])
+    spec = StudySpec(budgets=budgets, restarts=args.restarts, restart_budget=restart_budget, apgd_budgets=apgd)
     rows = run_study(_cell_config(args, threads=args.threads), _check_results_dir(args.results), spec,
                      progress=not args.quiet)
     curves = study_curves(rows)

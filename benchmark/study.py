@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +50,50 @@ COLUMNS = ["dataset", "cell_id", "study_id", "entry", "seed", "attack", "run", "
 
 @dataclass(frozen=True)
 class StudySpec:
-    """The budgets recorded, the random restarts and whether the APGD schedule runs (part of the id)."""
+    """What a study runs (part of its id).
+
+    ``budgets``: the step counts the fixed-step run records (its longest is the run's length).
+    ``restarts`` runs from a uniform random start, each ``restart_budget`` steps long (None: the
+    longest budget) and recorded at the budgets up to it: restarts only need more than one where
+    the first moves anything. ``apgd_budgets``: one APGD-schedule run per budget (its step-halving
+    checkpoints are fractions of the budget, so each budget is its own run); empty: none.
+    The default (version 2) is sized to study a whole board within hours on 2 CPU cores: about 30×
+    the standard suite's PGD steps per cell (512 fixed, 128 restart, 64 + 256 APGD).
+    """
 
     budgets: tuple[int, ...] = (32, 64, 128, 256, 512)
-    restarts: int = 4
-    apgd: bool = True
-    version: int = 1
+    restarts: int = 1
+    restart_budget: int | None = 128
+    apgd_budgets: tuple[int, ...] = (64, 256)
+    version: int = 2
 
     def __post_init__(self) -> None:
-        budgets = tuple(self.budgets)
-        if not budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets) \
-                or list(budgets) != sorted(set(budgets)):
-            raise BenchmarkError(f"study budgets must be increasing positive step counts, got {self.budgets!r}")
+        for name in ("budgets", "apgd_budgets"):
+            values = tuple(getattr(self, name))
+            if (not values and name == "budgets") or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                                         for b in values) or list(values) != sorted(set(values)):
+                raise BenchmarkError(f"study {name.replace('_', ' ')} must be increasing positive step counts, "
+                                     f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, values)
         if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 0:
             raise BenchmarkError(f"study restarts must be an integer ≥ 0, got {self.restarts!r}")
-        object.__setattr__(self, "budgets", budgets)
+        budget = self.restart_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or not 1 <= budget <= self.budgets[-1]):
+            raise BenchmarkError(f"study restart budget must be a step count from 1 to {self.budgets[-1]} "
+                                 f"(the longest budget), got {budget!r}")
+
+    @property
+    def restart_steps(self) -> int:
+        return self.budgets[-1] if self.restart_budget is None else self.restart_budget
+
+    @property
+    def steps(self) -> int:
+        """PGD steps per attack and query batch: the cost, in standard-run steps times 32."""
+        return self.budgets[-1] + self.restarts * self.restart_steps + sum(self.apgd_budgets)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "budgets": list(self.budgets)}
+        return {**asdict(self), "budgets": list(self.budgets), "apgd_budgets": list(self.apgd_budgets)}
 
 
 def study_id(cell_id: str, spec: StudySpec) -> str:
@@ -85,10 +111,11 @@ def study_runs(profile: AttackProfile, spec: StudySpec) -> tuple:
 
     longest = profile.pgd_config(steps=spec.budgets[-1])
     runs = [Run("fixed", longest, record=spec.budgets)]
-    runs += [Run(f"restart:{i + 1}", replace(longest, random_start=True), stream="study-restarts",
-                 record=spec.budgets) for i in range(spec.restarts)]
-    if spec.apgd:
-        runs += [Run(f"apgd:{k}", profile.pgd_config(steps=k), method="apgd", record=(k,)) for k in spec.budgets]
+    restart = replace(profile.pgd_config(steps=spec.restart_steps), random_start=True)
+    runs += [Run(f"restart:{i + 1}", restart, stream="study-restarts",
+                 record=tuple(k for k in spec.budgets if k <= spec.restart_steps) or (spec.restart_steps,))
+             for i in range(spec.restarts)]
+    runs += [Run(f"apgd:{k}", profile.pgd_config(steps=k), method="apgd", record=(k,)) for k in spec.apgd_budgets]
     return tuple(runs)
 
 

@@ -18,7 +18,7 @@ from benchmark.tasks import run_and_store_cell
 THREADS = 2
 CONFIG = CellConfig(dataset="digits", defense="nt", preset="smoke", threads=THREADS)
 # 32: the smoke profile's steps, the standard run. The APGD runs are covered in tests/test_attack_loop.py.
-SPEC = StudySpec(budgets=(4, 32), restarts=1, apgd=False)
+SPEC = StudySpec(budgets=(4, 32), restarts=1, restart_budget=32, apgd_budgets=())
 pytestmark = pytest.mark.slow  # a smoke cell trained and studied: about a minute on an idle 2-core machine
 
 
@@ -98,6 +98,13 @@ def test_study_spec_rejects_bad_budgets():
             StudySpec(budgets=budgets)
     with pytest.raises(BenchmarkError, match="restarts"):
         StudySpec(restarts=-1)
+    with pytest.raises(BenchmarkError, match="restart budget must be a step count from 1 to 64"):
+        StudySpec(budgets=(32, 64), restart_budget=128)
+    with pytest.raises(BenchmarkError, match="apgd budgets must be increasing positive"):
+        StudySpec(apgd_budgets=(256, 64))
+    # The default's cost: 512 fixed + one 128-step restart + APGD at 64 and 256 steps per query batch.
+    assert StudySpec().steps == 512 + 128 + 64 + 256
+    assert StudySpec(restart_budget=None, restarts=2, apgd_budgets=()).steps == 3 * 512
 
 
 def test_rows_store_the_weights_and_a_different_model_is_named(studied, capsys):

@@ -31,9 +31,9 @@ from .datasets import DatasetBundle, load_dataset
 from .defense_api import Defense
 from .embedding import embed_split
 from .errors import BenchmarkError
-from .models import make_model
+from .models import make_model, set_precision
 from .plugins import load_builtins
-from .precision import DEFAULT_PRECISION, check_precision, set_precision
+from .precision import DEFAULT_PRECISION, check_precision
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .provenance import provenance
 from .registry import DEFENSES, MODELS

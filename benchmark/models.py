@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BenchmarkError
-from .precision import autocast
+from .precision import DEFAULT_PRECISION, autocast, check_precision
 from .registry import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -142,6 +142,20 @@ class ResNet18Embedding(EmbeddingModel):
             for module in self.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     module.eval()
+
+
+def set_precision(model: torch.nn.Module, precision: str | None) -> torch.nn.Module:
+    """Run ``model`` at ``precision`` (:mod:`benchmark.precision`); returns it. A non-default
+    precision needs the trunk/head split: an :class:`EmbeddingModel` that does not override
+    ``embed_raw``."""
+    precision = check_precision(precision)
+    split = isinstance(model, EmbeddingModel) and type(model).embed_raw is EmbeddingModel.embed_raw
+    if precision != DEFAULT_PRECISION and not split:
+        raise BenchmarkError(f"model {type(model).__name__} does not compute its embedding as "
+                             "embed_head(embed_trunk(x)) (it overrides embed_raw or is not an EmbeddingModel); "
+                             f"only precision {DEFAULT_PRECISION} is accepted for it")
+    model.precision = precision
+    return model
 
 
 def build_model(name: str, **kwargs) -> EmbeddingModel:

@@ -43,17 +43,3 @@ def autocast(precision: str, device_type: str) -> AbstractContextManager:
     if precision == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-
-
-def set_precision(model: torch.nn.Module, precision: str | None) -> torch.nn.Module:
-    """Run ``model`` (an :class:`~benchmark.models.EmbeddingModel`) at ``precision``; returns it."""
-    from .models import EmbeddingModel
-
-    precision = check_precision(precision)
-    split = isinstance(model, EmbeddingModel) and type(model).embed_raw is EmbeddingModel.embed_raw
-    if precision != DEFAULT_PRECISION and not split:
-        raise BenchmarkError(f"model {type(model).__name__} does not compute its embedding as "
-                             "embed_head(embed_trunk(x)) (it overrides embed_raw or is not an EmbeddingModel); "
-                             f"only precision {DEFAULT_PRECISION} is accepted for it")
-    model.precision = precision
-    return model

@@ -15,8 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.models import C2F2
-from benchmark.precision import set_precision
+from benchmark.models import C2F2, set_precision
 
 BATCH = 128
 

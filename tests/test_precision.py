@@ -10,8 +10,8 @@ import torch
 from benchmark.cell import CellConfig, resolve
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
-from benchmark.models import C2F2
-from benchmark.precision import check_precision, set_precision
+from benchmark.models import C2F2, set_precision
+from benchmark.precision import check_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,11 @@ from benchmark.pgd import PGDConfig, apgd, pgd
 
 from .base import Attack, Gallery
 from .random_search import random_search
+
+if TYPE_CHECKING:
+    from benchmark.strong_eval import StrongSpec
+
+FIXED = "fixed"  # the fixed-step run of a strong evaluation (benchmark.strong_eval.FIXED, a study's too)
 
 METHODS = ("pgd", "apgd", "random_search")
 
@@ -374,6 +379,10 @@ class AttackReport:
     passes: dict[str, int] = field(default_factory=dict)
     pass_images: dict[str, int] = field(default_factory=dict)
     attacks: dict[str, str] = field(default_factory=dict)  # name -> repr (all hyper-parameters)
+    # With a strong evaluation: per metric key the mean of the per-query worst case over its runs,
+    # and per attack the per-query values {"before"|"standard"|"strong": {key: tensor}} (query order).
+    strong: dict[str, float] = field(default_factory=dict)
+    query_values: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
     n_queries: int = 0
     pgd_steps: int = 0
     pgd: str = ""
@@ -395,6 +404,40 @@ class AttackReport:
 STANDARD = "standard"
 
 
+def _mean(values: torch.Tensor) -> float:
+    """The mean over queries in float64 (the sum of per-query values, as :func:`attack_queries`)."""
+    return float(values.detach().double().sum()) / max(len(values), 1)
+
+
+def strong_runs(config: PGDConfig, spec: StrongSpec) -> tuple[Run, ...]:
+    """The runs of one strong evaluation (:mod:`benchmark.strong_eval`) at ``config``'s ε and α. The
+    first is the fixed-step run, recording the standard step count ``config.steps`` (its iterate
+    there is the standard run's) and its own length (best iterate); then the random restarts and
+    one APGD run per budget, each recording its best iterate."""
+    length = max(spec.fixed_steps, config.steps)
+    runs = [Run(FIXED, replace(config, steps=length), record=tuple(sorted({config.steps, length})))]
+    restart = replace(config, steps=max(spec.restart_steps, 1), random_start=True)
+    runs += [Run(f"restart:{i + 1}", restart, stream="strong-restarts", record=(restart.steps,))
+             for i in range(spec.restarts)]
+    runs += [Run(f"apgd:{k}", replace(config, steps=k), method="apgd", record=(k,)) for k in spec.apgd_budgets]
+    return tuple(runs)
+
+
+def strong_values(outcome: AttackOutcome, standard_steps: int
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per query, from an :func:`attack_queries` call with :func:`strong_runs`: the standard values
+    (the fixed run's iterate at ``standard_steps``) and the strong values (per value, the most
+    attacker-favourable over every run's best iterate)."""
+    standard = dict(outcome.recorded[FIXED][standard_steps].last)
+    strong: dict[str, torch.Tensor] = {}
+    for key in outcome.attack.metrics:
+        direction = outcome.attack.spec(key).higher_is_better
+        for steps in outcome.recorded.values():
+            best = steps[max(steps)].best[key]
+            strong[key] = worse(strong[key], best, direction) if key in strong else best
+    return standard, strong
+
+
 def run_attacks(
     model: torch.nn.Module,
     images_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -408,9 +451,16 @@ def run_attacks(
     device: torch.device | str,
     progress: bool = True,
     return_images: bool = False,
+    strong: StrongSpec | None = None,
 ) -> AttackReport:
-    """The board's standard evaluation: every attack's standard run (:func:`attack_queries` with
-    one PGD run at ``pgd``) on the test queries ``query_index``, and the means over queries.
+    """The board's evaluation: every attack's standard run (:func:`attack_queries` with one PGD run
+    at ``pgd``) on the test queries ``query_index``, and the means over queries.
+
+    With ``strong`` (:class:`benchmark.strong_eval.StrongSpec`), each attack makes the strong
+    evaluation's runs in the same call instead: the standard values are its fixed-step run's
+    iterate at ``pgd.steps`` (the same numbers as a separate standard run), ``report.strong`` the
+    means of the per-query worst case over its runs, and ``report.query_values`` keeps the per-query
+    values (clean, standard, strong) for rank intervals.
 
     ``gallery`` holds the clean embeddings of the whole test split, computed once by the caller
     (this function never embeds the gallery). The model is put in eval mode for the run and its
@@ -426,16 +476,23 @@ def run_attacks(
     report = AttackReport(n_queries=len(query_index), pgd_steps=pgd.steps, pgd=repr(pgd))
     was_training = model.training
     model.eval()
+    runs = strong_runs(pgd, strong) if strong is not None else (Run(STANDARD, pgd),)
     try:
         for attack in attacks:
-            outcome = attack_queries(model, images_fn, gallery, attack, (Run(STANDARD, pgd),),
+            outcome = attack_queries(model, images_fn, gallery, attack, runs,
                                      query_index=query_index, batch_size=batch_size, seed=seed, device=device,
                                      progress=progress, return_images=return_images)
             report.seconds[attack.name] = outcome.seconds
             report.before.update(outcome.means["before"])
-            report.after.update(outcome.means[STANDARD])
-            report.passes[attack.name] = outcome.passes[STANDARD]
-            report.pass_images[attack.name] = outcome.pass_images[STANDARD]
+            if strong is not None:
+                standard, worst = strong_values(outcome, pgd.steps)
+                report.after.update({key: _mean(value) for key, value in standard.items()})
+                report.strong.update({key: _mean(value) for key, value in worst.items()})
+                report.query_values[attack.name] = {"before": outcome.before, "standard": standard, "strong": worst}
+            else:
+                report.after.update(outcome.means[STANDARD])
+            report.passes[attack.name] = sum(outcome.passes.values())
+            report.pass_images[attack.name] = sum(outcome.pass_images.values())
             report.attacks[attack.name] = repr(attack)
             if return_images:
                 report.images[attack.name] = outcome.images

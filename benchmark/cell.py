@@ -37,6 +37,7 @@ from .precision import DEFAULT_PRECISION, check_precision
 from .presets import AttackProfile, Preset, get_preset, get_profile, profile_for_input
 from .provenance import provenance
 from .registry import DEFENSES, MODELS
+from .strong_eval import DEFAULT_STRONG, StrongSpec
 from .telemetry import training_summary
 from .trainer import resolve_device, seed_everything, train_model
 
@@ -59,6 +60,9 @@ class CellConfig:
     threads: int | None = None
     # The forward pass's precision (benchmark.precision); a non-default one is part of the identity.
     precision: str = "float32"
+    # The strong evaluation (benchmark.strong_eval.DEFAULT_STRONG) beside the standard run; part of the
+    # id when on. False: the standard run only (the cell id it had before the strong evaluation).
+    strong: bool = True
     # Not part of the hash:
     data_root: str | None = None
     weights: str | None = None
@@ -86,6 +90,7 @@ class ResolvedCell:
     plugin_hash: str | None = None
     threads: int = 1  # torch CPU threads the cell trains and evaluates with (CPU cells)
     precision: str = "float32"  # benchmark.precision: what the model's trunk computes in
+    strong: StrongSpec | None = None  # the strong evaluation's ensemble; None: the standard run only
     cell_id: str = field(default="")
     train_id: str = field(default="")
 
@@ -112,8 +117,18 @@ class ResolvedCell:
     def hash_payload(self) -> dict[str, Any]:
         """What decides the cell's rows: training plus the attack profile and suite, with each
         attack's implementation version and, for plugin attacks, the plugin file's hash."""
+        return {**self.standard_payload(), **({"strong": self.strong.to_dict()} if self.strong is not None else {})}
+
+    def standard_payload(self) -> dict[str, Any]:
+        """Training plus the standard run's profile and suite: what a study of the cell's model is
+        keyed by (the strong evaluation's version does not change the study)."""
         return {**self.train_payload(), "profile": self.profile.to_dict(), "attacks": list(self.attack_names),
                 "attack_implementations": attack_implementations(self.attack_names)}
+
+    @property
+    def standard_id(self) -> str:
+        """The id the cell has without its strong evaluation (:meth:`standard_payload`)."""
+        return config_hash(self.standard_payload())
 
     @property
     def defense_params_json(self) -> str:
@@ -190,7 +205,8 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
     return ResolvedCell(config, bundle, model_name, defense_entry.name, defense, preset, profile, float(lam),
                         attack_names, resolve_device(config.device),
                         plugin_source=defense_entry.source if defense_entry.is_plugin else None,
-                        plugin_hash=defense_entry.source_hash, threads=threads, precision=precision)
+                        plugin_hash=defense_entry.source_hash, threads=threads, precision=precision,
+                        strong=DEFAULT_STRONG if config.strong else None)
 
 
 @contextmanager
@@ -262,6 +278,7 @@ class CellOutput:
     telemetry: Any  # pandas.DataFrame
     cell: ResolvedCell
     trained: TrainedModel
+    queries: Any = None  # pandas.DataFrame (schema.QUERY_COLUMNS) with a strong evaluation, else None
 
 
 def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
@@ -289,6 +306,8 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
         RANKED_SCORE,
         ROBRANK_ERS_KEYS,
         ROBRANK_SCORE,
+        ROBRANK_STRONG_SCORE,
+        STRONG_SCORE,
         ars,
         ars_mean,
         ers,
@@ -310,7 +329,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     query_index = select_queries(len(cell.bundle.test), budget, cell.config.seed)
     report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, cell.profile.pgd_config(),
                          query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
-                         device=cell.device, progress=progress)
+                         device=cell.device, progress=progress, strong=cell.strong)
     eval_seconds = time.perf_counter() - eval_start
 
     base = {
@@ -328,6 +347,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
         "train_seconds": trained.history.train_seconds, "seconds_per_epoch": trained.history.seconds_per_epoch,
         "attack_seconds": 0.0, "queries_per_second": 0.0, "eval_seconds": eval_seconds,
         "config_hash": cell.cell_id, "precision": cell.precision,
+        "strong_eval": cell.strong.id if cell.strong is not None else "",
         **provenance(cell.device),
     }
     rows: list[dict[str, Any]] = []
@@ -340,7 +360,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
 
     for key in BENIGN_METRICS:
         add("benign", key, benign[key])
-    after, before = {}, {}
+    after, before, strong = {}, {}, {}
     for attack in attack_objs:
         name = attack.registry_name
         seconds = report.seconds[name]
@@ -356,12 +376,20 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
                      "attack_plugin_hash": (entry.source_hash or "") if plugin else ""}
             add(name, key, report.after[key], "adversarial", **extra)
             add(name, key, report.before[key], "clean", **extra)
+            if key in report.strong:
+                add(name, key, report.strong[key], "strong", **extra)
             if not plugin:
                 after[key], before[key] = report.after[key], report.before[key]
+                if key in report.strong:
+                    strong[key] = report.strong[key]
     if all(k in after for k in ERS_KEYS):
         add("score", RANKED_SCORE, ers(after))
     if all(k in after for k in ROBRANK_ERS_KEYS):
         add("score", ROBRANK_SCORE, ers_robrank(after))
+    if all(k in strong for k in ERS_KEYS):
+        add("score", STRONG_SCORE, ers(strong), meaning=cell.strong.describe(cell.profile.steps))
+    if all(k in strong for k in ROBRANK_ERS_KEYS):
+        add("score", ROBRANK_STRONG_SCORE, ers_robrank(strong))
     if all(k in after for k in ARS_KEYS):
         for key, value in ars(before, after).items():
             add("score", f"ARS:{key}", value)
@@ -378,7 +406,32 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     for key, value in (("cell_id", cell.cell_id), ("dataset", cell.bundle.name), ("defense", cell.defense_name),
                        ("entry", cell.entry), ("seed", cell.config.seed), ("preset", cell.preset.name)):
         telemetry[key] = value
-    return CellOutput(frame, telemetry, cell, trained)
+    return CellOutput(frame, telemetry, cell, trained, query_frame(cell, attack_objs, report, query_index))
+
+
+def query_frame(cell: ResolvedCell, attacks: list, report: Any, query_index: torch.Tensor) -> Any:
+    """The per-query values of a strong evaluation (schema.QUERY_COLUMNS), or None without one."""
+    import pandas as pd
+
+    from .schema import QUERY_COLUMNS
+
+    if not report.query_values:
+        return None
+    queries = query_index.numpy()
+    parts = []
+    for attack in attacks:
+        values = report.query_values[attack.name]
+        for key in attack.metrics:
+            parts.append(pd.DataFrame({
+                "attack": attack.registry_name, "metric": key, "direction": attack.spec(key).direction,
+                "query": queries, **{column: values[kind][key].detach().double().cpu().numpy()
+                                     for column, kind in (("clean", "before"), ("standard", "standard"),
+                                                          ("strong", "strong"))}}))
+    frame = pd.concat(parts, ignore_index=True)
+    for column, value in (("cell_id", cell.cell_id), ("dataset", cell.bundle.name), ("entry", cell.entry),
+                          ("seed", cell.config.seed)):
+        frame[column] = value
+    return frame[QUERY_COLUMNS].astype({"query": "int64", "seed": "int64"})
 
 
 def run_cell(config: CellConfig, results_dir: Path, *, progress: bool = True,

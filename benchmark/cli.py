@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacks to run (default: the whole ERS suite; rrb list attacks)")
     p.add_argument("--queries", type=_queries, default=None, metavar="N|all",
                    help="test queries each attack perturbs (default: the preset's; 'all': every test image)")
+    _strong_arg(p)
 
     p = sub.add_parser("run", help="run a datasets x defenses x seeds matrix into the results store (resumable)")
     _matrix_args(p)
@@ -227,7 +228,14 @@ def _matrix_args(p: argparse.ArgumentParser) -> None:
                    help="Dask scheduler address (tcp://HOST:PORT); default: a LocalCluster on this machine")
     p.add_argument("--workers", type=_threads, default=None,
                    help=f"LocalCluster worker processes, 1 to {MAX_THREADS} (default 2)")
+    _strong_arg(p)
     _common(p)
+
+
+def _strong_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-strong", action="store_true",
+                   help="the standard 32-step run only, without the strong evaluation the boards rank by "
+                        "(another cell id; README: Ranking)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +392,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from .robustness_scores import ARS_KEYS, ERS_KEYS
 
     _load_plugins(args.plugin)
-    cell = resolve(_cell_config(args, attacks=tuple(args.attacks) if args.attacks else None))
+    cell = resolve(_cell_config(args, attacks=tuple(args.attacks) if args.attacks else None,
+                                strong=not args.no_strong))
     _check_plugins(cell)
     results = _check_results_dir(args.results, create=False)
     path = cell.checkpoint_path(results)
@@ -412,15 +421,17 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(f"queries attacked: {attacked} of {len(cell.bundle.test)} test images")
     adversarial = rows[rows["variant"] == "adversarial"]
     clean = rows[rows["variant"] == "clean"].set_index("metric")["value"]
-    print(f"{'attack':<8}{'metric':<13}{'clean':>10}{'attacked':>10}{'seconds':>10}")
+    strong = rows[rows["variant"] == "strong"].set_index("metric")["value"]
+    print(f"{'attack':<8}{'metric':<13}{'clean':>10}{'attacked':>10}" + (f"{'strong':>10}" if len(strong) else "")
+          + f"{'seconds':>10}")
     for _, row in adversarial.iterrows():
         print(f"{row['attack']:<8}{row['metric']:<13}{clean[row['metric']]:>10.3f}{row['value']:>10.3f}"
-              f"{row['attack_seconds']:>10.1f}")
+              + (f"{strong[row['metric']]:>10.3f}" if len(strong) else "") + f"{row['attack_seconds']:>10.1f}")
     scores = rows[rows["attack"] == "score"].set_index("metric")["value"]
     benign = rows[rows["attack"] == "benign"].set_index("metric")["value"]
     print(f"R@1={benign['R@1']:.4f}  R@1(float32 faiss index)={benign['R@1:faiss-f32']:.4f}  "
           f"spread={benign['spread:mean_distance']:.4g}  "
-          + "  ".join(f"{k}={scores[k]:.1f}" for k in ("ERS", "ERS:RobRank", "ARS") if k in scores))
+          + "  ".join(f"{k}={scores[k]:.1f}" for k in ("ERS:strong", "ERS", "ERS:RobRank", "ARS") if k in scores))
     if "ERS" not in scores:
         print(f"(ERS needs all of {', '.join(ERS_KEYS)}; ARS needs {', '.join(ARS_KEYS)})")
     return 0
@@ -595,7 +606,8 @@ def _matrix_options(args: argparse.Namespace, plugins: list[str], *, audit):
                          device=args.device, defense_params=_matrix_defense_params(args),
                          plugins=tuple(str(Path(p).expanduser().resolve()) for p in plugins),
                          progress=not args.quiet, attacks=getattr(args, "attacks", None),
-                         threads=getattr(args, "threads", None), audit=audit, precision=args.precision)
+                         threads=getattr(args, "threads", None), audit=audit, precision=args.precision,
+                         strong=not args.no_strong)
 
 
 def _matrix_request(args: argparse.Namespace, defenses: list[str] | None, options) -> dict:

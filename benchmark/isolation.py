@@ -2,7 +2,7 @@
 
 The trust model. A plugin file is Python code that runs with your user's rights: nothing here can
 stop it from reading or writing anything you can. What rrb protects is its own output, the
-results store (``cells/``, ``telemetry/``, ``audits/`` and ``MANIFEST.sha256``) and the boards
+results store (``cells/``, ``telemetry/``, ``audits/``, ``queries/`` and ``MANIFEST.sha256``) and the boards
 rendered from it, against a plugin that writes where it should not, or hands back rows that are
 not what the protocol computed:
 
@@ -310,6 +310,7 @@ def _store_from_scratch(scratch: Path, results: Path, outcome: dict[str, Any],
     import pyarrow.parquet as pq
 
     from .locks import CellLock
+    from .schema import QUERY_COLUMNS
 
     # An interrupted child reports no plan: its finished cells are kept when their rows check out.
     planned = None if outcome.get("interrupted") else {str(c) for c in outcome.get("cell_ids", [])}
@@ -335,8 +336,19 @@ def _store_from_scratch(scratch: Path, results: Path, outcome: dict[str, Any],
             if "cell_id" in frame and set(frame["cell_id"].astype(str)) - {path.stem}:
                 raise BenchmarkError(f"the plugin run returned telemetry of another cell beside {rel}; nothing "
                                      "from it was stored")
-        new_cells.append((path, cell.rows, frame))
-    cell_ids = {str(rows["cell_id"].iloc[0]) for _, rows, _ in new_cells} | (planned or set())
+        queries = None
+        values = store.queries_path(scratch, path.parent.name, path.stem)
+        if values.is_file():
+            try:
+                queries = pq.read_table(values).to_pandas()
+            except Exception as exc:
+                raise BenchmarkError(f"the plugin run returned an unreadable per-query values file for {rel} "
+                                     f"({type(exc).__name__}); nothing from it was stored") from None
+            if list(queries.columns) != QUERY_COLUMNS or set(queries["cell_id"].astype(str)) - {path.stem}:
+                raise BenchmarkError(f"the plugin run returned per-query values of another cell (or another "
+                                     f"layout) beside {rel}; nothing from it was stored")
+        new_cells.append((path, cell.rows, frame, queries))
+    cell_ids = {str(rows["cell_id"].iloc[0]) for _, rows, _, _ in new_cells} | (planned or set())
     for path in store.cell_files(scratch, folder=store.AUDITS_DIR):
         rel = path.relative_to(scratch).as_posix()
         if (results / rel).is_file() and store.sha256_file(results / rel) == store.sha256_file(path):
@@ -350,14 +362,14 @@ def _store_from_scratch(scratch: Path, results: Path, outcome: dict[str, Any],
                                  "from it was stored")
         new_audits.append((path, audit.rows))
     stored, audits = [], []
-    for path, rows, telemetry in new_cells:
+    for path, rows, telemetry, queries in new_cells:
         dataset, cell_id = path.parent.name, path.stem
         lock = CellLock.acquire(results, dataset, cell_id)
         if lock is None:
             continue  # another process is storing this very cell
         with lock:
             if not store.check_cell_file(results, store.cell_path(results, dataset, cell_id)).valid:
-                store.write_cell(results, rows, telemetry)
+                store.write_cell(results, rows, telemetry, queries=queries)
                 stored.append(cell_id)
     for path, rows in new_audits:
         dataset, audit_id = path.parent.name, path.stem

@@ -156,6 +156,7 @@ class MatrixOptions:
     threads: int | None = None  # torch CPU threads per cell (see the module docstring)
     audit: Any = None  # an attacks.audit.AuditSpec: audit every cell of the matrix afterwards
     precision: str = "float32"  # benchmark.precision: the forward pass of every cell (part of its id)
+    strong: bool = True  # the strong evaluation (benchmark.strong_eval) in every cell (part of its id)
 
     def to_json(self) -> dict[str, Any]:
         """The options as JSON-ready values (the audit spec as a dict)."""
@@ -348,7 +349,7 @@ def run_matrix(datasets: Sequence[str], defenses: Sequence[str] | None, seeds: I
     import torch
 
     cell_threads = threads if threads is not None else (1 if options.executor == "dask" else torch.get_num_threads())
-    configs = [replace(c, threads=cell_threads, precision=options.precision) for c in configs]
+    configs = [replace(c, threads=cell_threads, precision=options.precision, strong=options.strong) for c in configs]
     # Every plugin defense and attack of the matrix is validated (one training step, a tiny attack)
     # before any work, as rrb submit does.
     from .validation import check_plugins_in_use

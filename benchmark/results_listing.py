@@ -8,14 +8,16 @@ from .errors import BenchmarkError
 
 TABLE_FORMATS = ("table", "csv", "json")
 
-SUMMARY_METRICS = (("benign", "R@1", "R@1"), ("benign", "R@1:faiss-f32", "R@1_f32"), ("score", "ERS", "ERS"),
+SUMMARY_METRICS = (("benign", "R@1", "R@1"), ("benign", "R@1:faiss-f32", "R@1_f32"),
+                   ("score", "ERS:strong", "Strong_ERS"), ("score", "ERS", "ERS"),
                    ("score", "ERS:RobRank", "ERS_RobRank"), ("score", "ARS", "ARS"), ("score", "WHM", "WHM"))
 SUMMARY_KEYS = ["dataset", "preset", "profile", "entry", "seed"]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, preset, profile, entry, seed): R@1, R@1 from a float32 faiss index, ERS
-    (scale-free), ERS (RobRank), ARS, WHM, train seconds and the training PGD steps per batch actually
+    """One row per (dataset, preset, profile, entry, seed): R@1, R@1 from a float32 faiss index, Strong
+    ERS (the strong evaluation's, what boards rank by; "-" for a cell without it), ERS (scale-free,
+    the standard 32-step run), ERS (RobRank), ARS, WHM, train seconds and the training PGD steps per batch actually
     run (each defense's own count at a faithful preset). A cell stored before the scale-free ERS
     existed shows its ERS, which is RobRank's, under ERS_RobRank."""
     columns = SUMMARY_KEYS + [label for _, _, label in SUMMARY_METRICS] + ["train_s", "pgd_steps", "cell_id"]
@@ -47,6 +49,6 @@ def format_results(df: pd.DataFrame, fmt: str = "table") -> str:
         return "(no results)\n"
     table = summary_table(df)
     formatters = {"R@1": "{:.4f}".format, "R@1_f32": "{:.4f}".format, "WHM": "{:.4f}".format,
-                  "ERS": "{:.1f}".format, "ERS_RobRank": "{:.1f}".format,
+                  "Strong_ERS": "{:.1f}".format, "ERS": "{:.1f}".format, "ERS_RobRank": "{:.1f}".format,
                   "ARS": "{:.1f}".format, "train_s": "{:.1f}".format}
     return table.to_string(index=False, formatters=formatters, na_rep="-") + "\n"

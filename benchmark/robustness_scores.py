@@ -45,6 +45,10 @@ SCORED_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "TMA-centred", "TMA"
 # The stored score metrics: the ranked ERS and the protocol one.
 RANKED_SCORE = "ERS"
 ROBRANK_SCORE = "ERS:RobRank"
+# The same two under the strong evaluation (benchmark.strong_eval): per query the worst case over its
+# runs. STRONG_SCORE is what the boards rank by.
+STRONG_SCORE = "ERS:strong"
+ROBRANK_STRONG_SCORE = "ERS:RobRank:strong"
 
 
 def _clip(value: float) -> float:

@@ -9,7 +9,10 @@ share ``cell_id`` (the config hash) and every run-key, timing and provenance col
 * an attack's registry name (``"ca+"``, ``"es"``, ...): metric is the reported key (``"CA+"``,
   ``"ES:D"``, ``"ES:R"``); ``variant`` is ``"adversarial"`` (after the attack) or ``"clean"``
   (the same measurement with the same selections on clean inputs: ARS's "before").
-* ``"score"``: metric in ERS, ARS (averaged), ``ARS:<key>`` per attack, WHM.
+  With a strong evaluation (``strong_eval`` names it) each attack value also has a ``"strong"`` row:
+  the mean over queries of the per-query worst case over the strong evaluation's runs.
+* ``"score"``: metric in ERS, ERS:RobRank, ERS:strong (the ranked score), ERS:RobRank:strong,
+  ARS (averaged), ``ARS:<key>`` per attack, WHM.
 * ``"training"``: per-run numbers from the training telemetry (``telemetry.training_summary``):
   steps, minimum and tail separability, collapseness, and for the COLO-TRIDE family and CA-TRIDE
   the share of steps that attacked, assisted or skipped.
@@ -55,6 +58,7 @@ CELL_COLUMNS = [
     "collapsed",
     "train_seconds", "seconds_per_epoch", "attack_seconds", "queries_per_second", "eval_seconds",
     "precision",  # what the model's trunk computed in (benchmark.precision): float32 or bf16
+    "strong_eval",  # the strong evaluation's id (benchmark.strong_eval), "" for a standard-only cell
 ]
 PROVENANCE_COLUMNS = [
     "package_version", "git_commit", "torch_version", "faiss_version", "device_name",
@@ -74,6 +78,7 @@ COLUMN_TYPES = {
     "epochs": "int64", "batch_pairs": "int64", "attack_queries": "int64", "attention_lambda": "float64",
     "collapsed": "bool", "train_seconds": "float64", "seconds_per_epoch": "float64",
     "attack_seconds": "float64", "queries_per_second": "float64", "eval_seconds": "float64", "precision": "string",
+    "strong_eval": "string",
     "package_version": "string", "git_commit": "string", "torch_version": "string",
     "faiss_version": "string", "device_name": "string", "config_hash": "string",
     "created_at": "datetime64[ns, UTC]",
@@ -81,7 +86,13 @@ COLUMN_TYPES = {
 
 # Columns added after cells were first stored, with the value every older cell had: a stored cell
 # without one reads it (instead of being taken for a damaged file and recomputed).
-COLUMN_DEFAULTS = {"precision": "float32"}
+COLUMN_DEFAULTS = {"precision": "float32", "strong_eval": ""}
+
+# Per-query attack values of a cell with a strong evaluation (store: queries/<dataset>/<cell_id>.parquet):
+# the clean value, the standard run's and the strong evaluation's, per attack value and attacked test
+# image (``query``: its index in the test split). Rank intervals bootstrap over them.
+QUERY_COLUMNS = ["cell_id", "dataset", "entry", "seed", "attack", "metric", "direction", "query",
+                 "clean", "standard", "strong"]
 
 TELEMETRY_COLUMNS = [
     "cell_id", "dataset", "defense", "entry", "seed", "preset", "step", "epoch",

@@ -7,6 +7,7 @@ Layout under a results directory::
     cells/<dataset>/<cell_id>.lock          present while some process computes the cell
     cells/<dataset>/<audit_id>.lock         present while some process audits the cell
     telemetry/<dataset>/<cell_id>.parquet   the cell's per-step training telemetry
+    queries/<dataset>/<cell_id>.parquet     per-query attack values of a cell's strong evaluation
     audits/<dataset>/<audit_id>.parquet     a cell's attack-strength audit (benchmark.cell_audit)
     studies/<dataset>/<study_id>/...        convergence studies (benchmark.study; not in the manifest)
     checkpoints/...                         trained weights (written by cell.train_or_load)
@@ -53,7 +54,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_write, temp_prefix
 from .errors import BenchmarkError
 from .locks import lock_path, wait_for_lock  # noqa: F401 (lock_path: part of the store's layout)
-from .schema import ALL_COLUMNS, COLUMN_DEFAULTS, TELEMETRY_COLUMNS, coerce_types
+from .schema import ALL_COLUMNS, COLUMN_DEFAULTS, QUERY_COLUMNS, TELEMETRY_COLUMNS, coerce_types
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,12 @@ MARKER_KEY = b"rrb.cell"
 CELLS_DIR = "cells"
 TELEMETRY_DIR = "telemetry"
 AUDITS_DIR = "audits"  # attack-strength audits of cells (benchmark.cell_audit), keyed by audit id
+QUERIES_DIR = "queries"  # per-query values of a cell's strong evaluation (schema.QUERY_COLUMNS)
 
 
 MANIFEST_NAME = "MANIFEST.sha256"
 MANIFEST_LOCK = ".manifest.lock"
-STORE_FOLDERS = (CELLS_DIR, TELEMETRY_DIR, AUDITS_DIR)  # what the manifest covers (not checkpoints)
+STORE_FOLDERS = (CELLS_DIR, TELEMETRY_DIR, AUDITS_DIR, QUERIES_DIR)  # what the manifest covers (not checkpoints)
 
 
 class CorruptCellWarning(UserWarning):
@@ -89,6 +91,10 @@ def audit_path(results_dir: str | os.PathLike, dataset: str, audit_id: str) -> P
 
 def telemetry_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
     return Path(results_dir) / TELEMETRY_DIR / dataset / f"{cell_id}.parquet"
+
+
+def queries_path(results_dir: str | os.PathLike, dataset: str, cell_id: str) -> Path:
+    return Path(results_dir) / QUERIES_DIR / dataset / f"{cell_id}.parquet"
 
 
 
@@ -346,10 +352,12 @@ def write_audit(results_dir: str | os.PathLike, rows: pd.DataFrame) -> Path:
 
 
 def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd.DataFrame | None = None, *,
-               audit: bool = False) -> Path:
-    """Store one finished cell: its telemetry, then its rows (the completion point). Returns the rows path.
+               audit: bool = False, queries: pd.DataFrame | None = None) -> Path:
+    """Store one finished cell: its telemetry and per-query values, then its rows (the completion
+    point). Returns the rows path.
 
-    ``audit``: the rows are an audit of the cell: filed under ``audits/`` by their ``config_hash``."""
+    ``audit``: the rows are an audit of the cell: filed under ``audits/`` by their ``config_hash``.
+    ``queries``: the per-query values of its strong evaluation (schema.QUERY_COLUMNS)."""
     missing = [c for c in ALL_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"cell rows lack schema columns: {missing}")
@@ -384,6 +392,12 @@ def write_cell(results_dir: str | os.PathLike, rows: pd.DataFrame, telemetry: pd
         if telemetry is not None:
             written.append(telemetry_path(results_dir, dataset, cell_id))
             _atomic_write_table(pa.Table.from_pandas(telemetry, preserve_index=False), written[-1])
+        if queries is not None:
+            if set(queries["cell_id"].unique()) != {cell_id} or list(queries.columns) != QUERY_COLUMNS:
+                raise ValueError("per-query values must be one cell's, with schema.QUERY_COLUMNS")
+            written.append(queries_path(results_dir, dataset, cell_id))
+            _atomic_write_table(pa.Table.from_pandas(queries.reset_index(drop=True), preserve_index=False),
+                                written[-1])
         _atomic_write_table(table, path)
         written.append(path)
         record_files(results_dir, written)
@@ -527,3 +541,37 @@ def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
     if not frames:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in TELEMETRY_COLUMNS})
     return _telemetry_types(pd.concat(frames, ignore_index=True))
+
+
+def load_queries(results_dir: str | os.PathLike, dataset: str | None = None,
+                 cell_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-query values (schema.QUERY_COLUMNS) of the finished cells with a strong evaluation. A
+    file whose bytes differ from the manifest, or that cannot be read, is left out with a
+    CorruptCellWarning (its cell's rank interval then uses the other seeds)."""
+    wanted = set(cell_ids) if cell_ids is not None else None
+    manifest = read_manifest(results_dir)
+    frames = []
+    root = Path(results_dir) / QUERIES_DIR
+    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
+    for path in sorted(root.glob(pattern)):
+        if path.name.startswith(".") or (wanted is not None and path.stem not in wanted):
+            continue
+        if not cell_path(results_dir, path.parent.name, path.stem).exists():
+            continue  # values of a cell whose rows never landed: not part of the store
+        problem = hash_problem(results_dir, path, manifest)
+        if problem is None:
+            try:
+                frame = pq.read_table(path).to_pandas()
+                if list(frame.columns) != QUERY_COLUMNS or set(frame["cell_id"].unique()) != {path.stem}:
+                    problem = "not the per-query values of this cell"
+                else:
+                    frames.append(frame)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            message = f"skipping per-query values file {path}: {problem}"
+            log.debug(message)
+            warnings.warn(message, CorruptCellWarning, stacklevel=2)
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype="object") for c in QUERY_COLUMNS})
+    return pd.concat(frames, ignore_index=True)

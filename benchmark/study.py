@@ -97,6 +97,8 @@ class StudySpec:
 
 
 def study_id(cell_id: str, spec: StudySpec) -> str:
+    """The study's key: ``cell_id`` is the cell's standard id (``ResolvedCell.standard_id``: training,
+    profile and suite, not the strong evaluation's version, which does not change what a study measures)."""
     payload = {"cell_id": cell_id, "study": spec.to_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -141,11 +143,15 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
 
     results_dir = Path(results_dir)
     cell = resolve(config, bundle=bundle)
-    standard = store.read_cell_file(store.cell_path(results_dir, cell.bundle.name, cell.cell_id))
-    if not standard.valid:
+    # The stored cell of this model: with the strong evaluation, or one stored without it.
+    for cell_id in dict.fromkeys((cell.cell_id, cell.standard_id)):
+        standard = store.read_cell_file(store.cell_path(results_dir, cell.bundle.name, cell_id))
+        if standard.valid:
+            break
+    else:
         raise BenchmarkError(f"cannot study {cell.entry} seed {cell.config.seed} on {cell.bundle.name}: its cell is "
                              f"not in {results_dir} ({standard.problem}); run it first with `rrb run`")
-    identity = study_id(cell.cell_id, spec)
+    identity = study_id(cell.standard_id, spec)
     directory = study_dir(results_dir, cell.bundle.name, identity)
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
     frames = {a.name: _read(_attack_file(directory, a.name)) for a in attack_objs}
@@ -190,10 +196,27 @@ def _rows(cell, identity: str, attack, outcome, query_index) -> pd.DataFrame:
                     "direction": attack.spec(key).direction,
                     "best": recorded.best[key].double().cpu().numpy(), "last": recorded.last[key].double().cpu().numpy()}))
     frame = pd.concat(parts, ignore_index=True)
-    for column, value in (("dataset", cell.bundle.name), ("cell_id", cell.cell_id), ("study_id", identity),
+    for column, value in (("dataset", cell.bundle.name), ("cell_id", cell.standard_id), ("study_id", identity),
                           ("entry", cell.entry), ("seed", cell.config.seed), ("attack", attack.name)):
         frame[column] = value
     return frame[COLUMNS].astype({"budget": "int64", "query": "int64", "seed": "int64"})
+
+
+def load_studies(results_dir: str | os.PathLike, dataset: str | None = None) -> pd.DataFrame:
+    """Every stored study's rows (COLUMNS) under ``results_dir`` (one dataset's, or all). A study still
+    running has the rows of the attacks it finished (its ERS is NaN until every ERS attack is there);
+    an unreadable attack file leaves its study out."""
+    root = Path(results_dir) / STUDIES_DIR
+    frames = []
+    for directory in sorted(root.glob(f"{dataset}/*" if dataset else "*/*")):
+        if not directory.is_dir():
+            continue
+        parts = [_read(path) for path in sorted(directory.glob("*.parquet")) if not path.name.startswith(".")]
+        if parts and all(part is not None for part in parts):
+            frames.append(pd.concat(parts, ignore_index=True))
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype="object") for c in COLUMNS})
+    return pd.concat(frames, ignore_index=True)
 
 
 def _attacker_best(values: pd.DataFrame) -> pd.Series:

@@ -94,7 +94,7 @@ def run_and_store_cell(config: CellConfig, results_dir: str | os.PathLike, *, ex
                 raise BenchmarkError(f"{plugins_used} failed while cell {cell.entry} seed {config.seed} on "
                                      f"{cell.bundle.name} ran: {type(exc).__name__}: {exc}; cells finished before it "
                                      "are kept") from exc
-            store.write_cell(results_dir, output.rows, output.telemetry)
+            store.write_cell(results_dir, output.rows, output.telemetry, queries=output.queries)
 
         return _claim_and_store(results_dir, cell, cell.cell_id, path, compute, start)
 

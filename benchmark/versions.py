@@ -11,7 +11,7 @@ the code a built-in's numbers depend on: its own module, the project modules it 
 ``defenses``/``attacks`` packages (transitively), and the shared numeric core of its kind
 (the trainer and its telemetry, losses, distances, collapseness, PGD loop, model and the training
 budget of the presets for defenses; the PGD loop, the attack runner, distances, the benign
-retrieval metrics, the gallery's spread and the attack profiles for attacks: every stored
+retrieval metrics, the gallery's spread, the attack profiles and the strong evaluation's ensemble for attacks: every stored
 evaluation number then follows the code).
 Source is normalised through the AST with docstrings dropped, so comments, docstrings and
 formatting do not count. ``implementation_versions.json`` beside this module (package data, so an
@@ -44,7 +44,7 @@ SHARED = {
                 "benchmark/collapseness.py"),
     "attack": ("benchmark/pgd.py", "attacks/runner.py", "attacks/base.py", "benchmark/distances.py",
                "benchmark/retrieval_metrics.py", "benchmark/shrinkage.py", "benchmark/embedding.py",
-               "benchmark/presets.py"),
+               "benchmark/presets.py", "benchmark/strong_eval.py"),
 }
 FOLLOWED_PACKAGES = ("defenses", "attacks")  # imports inside these are followed transitively
 NUMERIC_CORE = ("benchmark.losses", "benchmark.distances", "benchmark.pgd", "benchmark.telemetry",

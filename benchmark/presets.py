@@ -14,6 +14,7 @@ and version go into every result row, so a change to a profile is a new version,
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import BenchmarkError
@@ -82,6 +83,14 @@ class Preset:
     # Per-dataset epoch counts where one number does not fit all (RobRank: 8 for Fashion, 75 for CUB).
     epochs_by_dataset: tuple[tuple[str, int], ...] = ()
     version: int = 1
+    # Per-dataset learning-rate schedule of every defense alike: "constant" (the default, RobRank's)
+    # or "cosine" (decay from the model's Adam learning rate to 0 over the cell's training steps).
+    schedule_by_dataset: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [s for _, s in self.schedule_by_dataset if s not in SCHEDULES]
+        if bad:
+            raise BenchmarkError(f"unknown learning-rate schedule {bad[0]!r}; accepted: {', '.join(SCHEDULES)}")
 
     @property
     def faithful(self) -> bool:
@@ -90,6 +99,9 @@ class Preset:
 
     def epochs_for(self, dataset: str) -> int:
         return dict(self.epochs_by_dataset).get(dataset, self.epochs)
+
+    def schedule_for(self, dataset: str) -> str:
+        return dict(self.schedule_by_dataset).get(dataset, "constant")
 
     def train_pgd_steps(self, defense_steps: int) -> int:
         """PGD steps per training batch of a defense declaring ``defense_steps`` (:func:`reduced_pgd_steps`)."""
@@ -100,7 +112,22 @@ class Preset:
         return TrainingBudget.of(profile, self.train_pgd_divisor)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.schedule_by_dataset:  # presets without one keep the ids they had before it existed
+            del out["schedule_by_dataset"]
+        return out
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def schedule_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate of training step ``step`` (0-based) of ``total``, relative to the base rate."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    raise BenchmarkError(f"unknown learning-rate schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
 
 
 SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_queries=16,

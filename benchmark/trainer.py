@@ -21,7 +21,7 @@ from .defense_api import Defense, TrainContext, defense_pgd_steps
 from .errors import BenchmarkError
 from .losses import mine_random
 from .models import EmbeddingModel, optimizer_settings
-from .presets import AttackProfile, Preset
+from .presets import AttackProfile, Preset, schedule_factor
 from .telemetry import batch_telemetry, is_collapsed
 
 
@@ -98,6 +98,8 @@ def train_model(
     defense.reset()
     epochs = preset.epochs_for(bundle.name)
     total = epochs * len(sampler)
+    schedule = preset.schedule_for(bundle.name)
+    base_rates = [group["lr"] for group in optimizer.param_groups]
     bar = tqdm(total=total, desc=f"train {getattr(defense, 'registry_name', type(defense).__name__)}",
                unit="step", leave=False, disable=not progress)
     step = 0
@@ -119,6 +121,10 @@ def train_model(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if schedule != "constant":
+                factor = schedule_factor(schedule, step, total)
+                for group, rate in zip(optimizer.param_groups, base_rates):
+                    group["lr"] = rate * factor
             optimizer.step()
             history.telemetry.append(_step_telemetry(model, images, labels, result, ctx, epoch, step,
                                                      attention_lambda, float(loss.detach())))

@@ -58,6 +58,7 @@ class EntrySpec:
     train_seconds: list[float] | None = None
     collapseness: list[float] | None = None  # constant telemetry value per seed
     drop_gtt_for_seed: int | None = None  # leave GTT (and ERS/ARS) out of one seed's rows
+    strong: list[float] | None = None  # Strong ERS of each seed: the cells carry a strong evaluation
 
 
 def attack_values(robustness: float) -> dict[str, float]:
@@ -97,7 +98,7 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 "faiss_version": "1.8.0", "device_name": "cpu (2 threads)", "config_hash": cell_id,
                 "created_at": start + timedelta(hours=spec_index, minutes=seed),
                 "metric_label": "", "direction": "", "decimals": 4, "meaning": "", "attack_params": "",
-                "attack_plugin_hash": "",
+                "attack_plugin_hash": "", "strong_eval": "strong-v1" if spec.strong else "",
             }
 
             def add(attack, metric, value, variant="", base=base, **extra):
@@ -117,6 +118,9 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                     timing = {"attack_seconds": ATTACK_SECONDS, "queries_per_second": 64 / ATTACK_SECONDS}
                     add(attack, metric, after[metric], "adversarial", **timing, **described(attack, metric))
                     add(attack, metric, CLEAN_VALUES[metric], "clean", **timing, **described(attack, metric))
+                    if spec.strong:
+                        add(attack, metric, attack_values(spec.strong[seed])[metric], "strong", **timing,
+                            **described(attack, metric))
             if plugin_attack:
                 # A plugin attack: shown as its own column, never part of ERS/ARS.
                 mine = {"metric_label": "MY", "decimals": 2, "meaning": "my plugin attack's value",
@@ -130,6 +134,10 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 for key, value in ars(before, after).items():
                     add("score", f"ARS:{key}", value)
                 add("score", "ARS", ars_mean(before, after))
+                if spec.strong:
+                    strong = attack_values(spec.strong[seed])
+                    add("score", "ERS:strong", ers(strong), meaning=STRONG_MEANING)
+                    add("score", "ERS:RobRank:strong", ers_robrank(strong))
             add("score", "WHM", whm(benign["train:R@1"], r1))
             level = spec.collapseness[seed] if spec.collapseness else 0.0
             for step in range(steps):
@@ -143,6 +151,38 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
     frame = frame.astype({k: v for k, v in COLUMN_TYPES.items() if k != "created_at"})
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame, pd.DataFrame(telemetry, columns=TELEMETRY_COLUMNS)
+
+
+STRONG_MEANING = "strong-v1: per-query worst case over fixed-step PGD 64 steps (best iterate), APGD 64 steps"
+# Per-query noise of each attack value (zero mean over a cell's queries, so the means stay exact).
+QUERY_NOISE = {"CA+": 8.0, "CA-": 8.0, "QA+": 8.0, "QA-": 8.0, "TMA": 0.08, "TMA-centred": 0.08, "ES:D": 0.15,
+               "ES:D-rel": 0.15, "ES:R": 8.0, "LTM": 8.0, "GTM": 8.0, "GTT": 8.0}
+
+
+def synthetic_queries(results: pd.DataFrame, queries: int = 40, scale: float = 1.0) -> pd.DataFrame:
+    """Per-query values (schema.QUERY_COLUMNS) of every cell of ``results`` with a strong evaluation:
+    the stored mean of each attack value plus zero-mean noise that depends only on the seed (so two
+    entries with the same values per seed get identical queries)."""
+    from benchmark.schema import QUERY_COLUMNS
+
+    frames = []
+    values = results[~results["attack"].isin(["benign", "score", "training", "audit"])]
+    for cell_id, cell in values.groupby("cell_id", sort=True):
+        if not (cell["variant"] == "strong").any():
+            continue
+        seed = int(cell["seed"].iloc[0])
+        rng = np.random.default_rng(1000 + seed)
+        index = np.arange(queries) * 3 + seed
+        for (attack, metric), part in cell.groupby(["attack", "metric"], sort=True):
+            by_variant = part.set_index("variant")["value"]
+            noise = rng.normal(0.0, QUERY_NOISE[metric] * scale, queries)
+            noise -= noise.mean()
+            frames.append(pd.DataFrame({
+                "cell_id": cell_id, "dataset": cell["dataset"].iloc[0], "entry": cell["entry"].iloc[0], "seed": seed,
+                "attack": attack, "metric": metric, "direction": part["direction"].iloc[0], "query": index,
+                "clean": by_variant["clean"], "standard": by_variant["adversarial"] + noise,
+                "strong": by_variant["strong"] + noise}))
+    return pd.concat(frames, ignore_index=True)[QUERY_COLUMNS]
 
 
 def standard_specs() -> list[EntrySpec]:
@@ -361,6 +401,7 @@ def test_render_from_store_reads_the_store(tmp_path, monkeypatch):
     fake = types.ModuleType("benchmark.store")
     fake.load_results = lambda results_dir, dataset=None: results
     fake.load_telemetry = lambda results_dir, dataset=None, cell_ids=None: telemetry
+    fake.load_queries = lambda results_dir, dataset=None, cell_ids=None: pd.DataFrame()
     monkeypatch.setitem(sys.modules, "benchmark.store", fake)
     from benchmark.report import render_from_store
 

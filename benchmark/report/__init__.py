@@ -13,22 +13,29 @@ URIs (the page fetches nothing) and written as PNG files beside the Markdown, wh
 Rendering is deterministic: the same store gives the same bytes (no "generated at" clock time;
 the page shows the created-at range of the rows instead).
 
-The package has five parts: :mod:`.model` (the page model: Board, Row, Column, TableCell, Figure),
-:mod:`.tables` (per-cell tables, aggregation over seeds, the columns), :mod:`.protocol` (the
-protocol and provenance lines), :mod:`.plots` (figures) and :mod:`.render` (templates and the
-entry points). The Replication and COLO-activity sections come from :mod:`benchmark.report.replication`.
+The package's parts: :mod:`.ranking` (what a board ranks by, declared once: Strong ERS, its
+fallbacks, the labels, the "RobRank protocol unreliable" verdict), :mod:`.model` (the page model:
+Board, Row, Column, TableCell, Figure), :mod:`.tables` (per-cell tables, aggregation over seeds,
+the columns), :mod:`.intervals` (rank intervals: a bootstrap over seeds and queries),
+:mod:`.convergence` (the convergence-study section), :mod:`.protocol` (the protocol and provenance
+lines), :mod:`.plots` (figures) and :mod:`.render` (templates and the entry points). The
+Replication and COLO-activity sections come from :mod:`benchmark.report.replication`.
 """
 
+from .convergence import Convergence, board_studies, convergence_section
+from .intervals import RankInterval, board_rank_intervals, rank_intervals
 from .model import Board, BoardKey, Column, Figure, Row, TableCell
 from .plots import (
     plot_attack_bars,
     plot_clean_collapseness,
+    plot_convergence,
     plot_ers_vs_cost,
     plot_ers_vs_r1,
     plot_training_curves,
     training_curves,
 )
 from .protocol import protocol_lines, provenance_lines
+from .ranking import RANKING_KEY, UNRELIABLE_LABEL, score_label
 from .render import build_boards, markdown_escape, render_from_store, render_leaderboards
 from .tables import (
     NON_ATTACK_GROUPS,
@@ -42,8 +49,10 @@ from .tables import (
     summarise,
 )
 
-__all__ = ["NON_ATTACK_GROUPS", "Board", "BoardKey", "Column", "EntrySummary", "Figure", "Row", "TableCell",
-           "attack_columns", "board_keys", "build_boards", "cell_table", "format_stat", "leaderboard_columns",
-           "markdown_escape", "pareto_front", "plot_attack_bars", "plot_clean_collapseness", "plot_ers_vs_cost",
-           "plot_ers_vs_r1", "plot_training_curves", "protocol_lines", "provenance_lines", "render_from_store",
-           "render_leaderboards", "summarise", "training_curves"]
+__all__ = ["NON_ATTACK_GROUPS", "RANKING_KEY", "UNRELIABLE_LABEL", "Board", "BoardKey", "Column", "Convergence",
+           "EntrySummary", "Figure", "RankInterval", "Row", "TableCell", "attack_columns", "board_keys",
+           "board_rank_intervals", "board_studies", "build_boards", "cell_table", "convergence_section",
+           "format_stat", "leaderboard_columns", "markdown_escape", "pareto_front", "plot_attack_bars",
+           "plot_clean_collapseness", "plot_convergence", "plot_ers_vs_cost", "plot_ers_vs_r1",
+           "plot_training_curves", "protocol_lines", "provenance_lines", "rank_intervals", "render_from_store",
+           "render_leaderboards", "score_label", "summarise", "training_curves"]

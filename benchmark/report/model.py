@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..shrinkage import SHRUNK_FRACTION
+from . import ranking
 from .replication import ActivityRow, Replication
 
 
@@ -30,6 +32,12 @@ class TableCell:
     text: str
     sort: float | str | None = None
     css: str = ""
+    badge: str = ""  # a short label shown after the text (HTML: a badge; Markdown: in brackets)
+
+    @property
+    def full_text(self) -> str:
+        """The text with its badge, as plain text (Markdown, tests)."""
+        return f"{self.text} ({self.badge})" if self.badge else self.text
 
 
 @dataclass
@@ -43,6 +51,18 @@ class Row:
     entangled: TableCell  # seeds whose late-training separability sank to about 0 (the paper's collapse)
     kind: TableCell
     audit: TableCell | None = None  # the attack-strength audit's verdict (boards that carry audits)
+    rank_cell: TableCell | None = None  # "2 (1–4)": the rank and its 95 % bootstrap interval
+    interval: Any = None  # intervals.RankInterval, or None without per-query values
+    unreliable: bool = False  # some seed's Drop exceeds the tolerance: the RobRank protocol misjudges the entry
+
+    @property
+    def rank_text(self) -> str:
+        return self.rank_cell.text if self.rank_cell is not None else str(self.rank)
+
+    @property
+    def css(self) -> str:
+        """The row's CSS class: marks an entry the RobRank protocol misjudges."""
+        return ranking.UNRELIABLE_CSS if self.unreliable else ""
 
 
 AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"),
@@ -104,22 +124,52 @@ class Board:
     activity: list[ActivityRow] = field(default_factory=list)
     activity_columns: list[str] = field(default_factory=list)
     audited: bool = False  # some cell carries an audit, or some entry is a plugin: the audit columns are shown
-    ranked_by: str = "ERS"  # the column key the rows are ordered by (tables.ranking_key)
+    ranked_by: str = ranking.RANKING_KEY  # the column key the rows are ordered by (tables.ranking_key)
+    convergence: Any = None  # convergence.Convergence: the attack's convergence study, where the store has one
+    interval_draws: int = 0  # bootstrap draws behind the rank intervals (0: no interval on this board)
+
+    ranked_css = ranking.RANKED_CSS  # the CSS class of the ranked column's cells
+    unreliable_label = ranking.UNRELIABLE_LABEL
 
     @property
     def ranked_label(self) -> str:
         """The label of the column the board is ordered by."""
-        return next((c.label for c in self.columns if c.key == self.ranked_by), self.ranked_by)
+        return next((c.label for c in self.columns if c.key == self.ranked_by), ranking.score_label(self.ranked_by))
 
     @property
     def ranking_note(self) -> str:
-        """One sentence on what orders the rows; says so when the ranked ERS is not available yet."""
-        if self.ranked_by == "ERS":
-            return ("Sorted by ERS, the scale-free Empirical Robustness Score (TMA centred on the clean gallery, "
-                    "ES:D relative to its spread); ERS (RobRank) beside it is RobRank's exact definition.")
-        return (f"Sorted by {self.ranked_label}: no cell on this board was evaluated with the scale-free ERS yet "
-                "(its cells predate it), so the rows fall back to RobRank's definition, which rewards embeddings "
-                "shrunk into a tiny cap. Re-run the matrix to rank by ERS.")
+        """One sentence on what orders the rows; says so when the board falls back to another key."""
+        return ranking.ranking_note(self.ranked_by)
+
+    @property
+    def rank_note(self) -> str:
+        """What the Rank column shows."""
+        if not self.interval_draws:
+            return f"Rank: the position by {self.ranked_label}."
+        return (f"Rank: the position by {self.ranked_label}, and in brackets its 95 % interval over "
+                f"{self.interval_draws} bootstrap draws (seeds resampled with replacement, and each drawn seed's "
+                "queries resampled with replacement; every entry re-ranked per draw); — where the cells store no "
+                "per-query values.")
+
+    @property
+    def unreliable_entries(self) -> list[str]:
+        return [row.entry for row in self.rows if row.unreliable]
+
+    @property
+    def has_drop(self) -> bool:
+        return any(column.key == ranking.DROP_KEY for column in self.columns)
+
+    @property
+    def unreliable_findings(self) -> str:
+        """One line: the entries the 32-step RobRank protocol misjudges ("" on a board without a Drop column)."""
+        if not self.has_drop:
+            return ""
+        tolerance = f"{ranking.UNRELIABLE_TOLERANCE:g} ERS points (the audit's tolerance)"
+        entries = self.unreliable_entries
+        if not entries:
+            return f"No entry: every seed's Drop is within {tolerance}."
+        return (", ".join(entries) + f": a seed's Drop exceeds {tolerance}, so the 32-step RobRank protocol has not "
+                "converged there and overstates the robustness; rank by Strong ERS.")
 
     @property
     def shrunk_threshold(self) -> str:

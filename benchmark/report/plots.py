@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..robustness_scores import ERS_KEYS, ERS_TERMS
 from .model import Column, Figure
+from .ranking import score_label
 from .tables import EntrySummary, pareto_front, ranking_key
 
 
@@ -52,13 +53,13 @@ def _finite(*values: float) -> bool:
 
 
 def plot_ers_vs_r1(summaries: Sequence[EntrySummary]) -> Figure:
-    key = ranking_key(summaries)  # the ranked ERS, or RobRank's on a store from before it
+    key = ranking_key(summaries)  # Strong ERS, or its fallback on a store from before it
     points = [(s.mean["R@1"] * 100, s.mean.get(key, math.nan)) for s in summaries]
     usable = [i for i, p in enumerate(points) if _finite(*p)]
     front = [usable[i] for i in pareto_front([points[i] for i in usable])]
     names = ", ".join(summaries[i].entry for i in sorted(front, key=lambda i: points[i][0]))
-    caption = ("ERS against benign R@1 (mean over seeds; bars: ± std). Ringed points form the Pareto front "
-               f"(no entry is better on both): {names or 'none'}.")
+    caption = (f"{score_label(key)} (the ranking key) against benign R@1 (mean over seeds; bars: ± std). Ringed "
+               f"points form the Pareto front (no entry is better on both): {names or 'none'}.")
     if not usable:
         return Figure("ers-r1", "Robustness vs benign quality", caption, None)
     plt = _pyplot()
@@ -84,8 +85,9 @@ def plot_ers_vs_r1(summaries: Sequence[EntrySummary]) -> Figure:
 
 
 def plot_ers_vs_cost(summaries: Sequence[EntrySummary]) -> Figure:
-    caption = "ERS against training wall time (log scale; mean over seeds). Up and to the left is cheaper robustness."
     key = ranking_key(summaries)
+    caption = (f"{score_label(key)} (the ranking key) against training wall time (log scale; mean over seeds). Up "
+               "and to the left is cheaper robustness.")
     points = [(s.mean["train_seconds"], s.mean.get(key, math.nan)) for s in summaries]
     usable = [i for i, (x, y) in enumerate(points) if _finite(x, y) and x > 0]
     if not usable:
@@ -109,7 +111,7 @@ def plot_ers_vs_cost(summaries: Sequence[EntrySummary]) -> Figure:
 
 
 def _score_label(key: str) -> str:
-    return "ERS" if key == "ERS" else f"ERS ({key.split(':', 1)[-1]})"
+    return score_label(key)
 
 
 def _log_seconds_axis(ax: Any, xs: Sequence[float]) -> None:
@@ -286,3 +288,56 @@ def plot_clean_collapseness(telemetry: pd.DataFrame | None, summaries: Sequence[
     return Figure("colo", "COLO: clean collapseness", caption, _png(fig))
 
 
+
+
+CONVERGENCE_CAPTION = (
+    "Scale-free ERS of the per-query best iterate (the most attacker-favourable point a run visited) against "
+    "the PGD budget, log2 axis: one line per entry for the fixed-step run (the profile's α, zero start; mean over "
+    "its studied seeds), ▲ the APGD schedule at its budget, ○ the standard run's last iterate at {standard} "
+    "steps (the RobRank protocol's reading). Lower means a stronger attack; a line still falling at the right "
+    "edge has not converged.")
+
+
+def plot_convergence(curves: dict[str, dict[str, dict[int, float]]], entries: Sequence[str],
+                     colors: dict[str, int], standard_steps: int = 32) -> Figure:
+    """ERS vs PGD budget per entry from the convergence studies (``curves``: entry -> run -> budget ->
+    ERS, runs ``fixed``, ``apgd:K`` and ``standard``). ``colors``: entry -> its index in the board's
+    colour order (the other plots' colours)."""
+    caption = CONVERGENCE_CAPTION.format(standard=standard_steps)
+    drawn = [e for e in entries if curves.get(e, {}).get("fixed")]
+    if not drawn:
+        return Figure("convergence", "Attack convergence", caption, None)
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+
+    fig, ax = plt.subplots(figsize=(7.4, 4.4))
+    palette = _colors(max([len(entries), *[i + 1 for i in colors.values()]]))
+    budgets: set[int] = set()
+    for entry in drawn:
+        color = palette[colors.get(entry, entries.index(entry)) % len(palette)]
+        runs = curves[entry]
+        fixed = sorted(runs["fixed"].items())
+        budgets.update(b for b, _ in fixed)
+        ax.plot([b for b, _ in fixed], [v for _, v in fixed], color=color, lw=1.4, marker=".", ms=5,
+                label=_label(entry))
+        for run, points in sorted(runs.items()):
+            if run.startswith("apgd:"):
+                for budget, value in points.items():
+                    budgets.add(budget)
+                    ax.scatter([budget], [value], marker="^", s=42, color=color, edgecolors="black", lw=0.5, zorder=3)
+        for budget, value in runs.get("standard", {}).items():
+            ax.scatter([budget], [value], marker="o", s=40, facecolors="none", edgecolors=color, lw=1.3, zorder=3)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(budgets)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("PGD steps per query batch (log2 scale)")
+    ax.set_ylabel("ERS (scale-free, best iterate)")
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], marker="^", ls="", color="0.5", markeredgecolor="black", label="APGD"),
+                Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="0.3",
+                       label=f"standard, last iterate ({standard_steps})")]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return Figure("convergence", "Attack convergence", caption, _png(fig))

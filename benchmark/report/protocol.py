@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .model import BoardKey
+from .ranking import RANKING_KEY
 
 
 def _fraction_of_255(value: float) -> str:
@@ -65,6 +66,9 @@ def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) ->
     lines.append(("ε (L∞ budget)", _join(eps, _fraction_of_255)))
     lines.append(("α (step size)", _join(alpha, _fraction_of_255)))
     lines.append(("Attack PGD steps", _join(steps, lambda v: str(int(v)))))
+    strong = _strong_evaluation(rows)
+    if strong:
+        lines.append(("Strong evaluation (ranked)", strong))
     preset_text = key.preset_id
     description = _registry_description("PRESETS", key.preset)
     if description and _registry_preset_version(key.preset) == key.preset_version:
@@ -85,6 +89,16 @@ def protocol_lines(rows: pd.DataFrame, key: BoardKey, split_description: str) ->
     lines.append(("Seeds", _join(_unique(rows, "seed"), lambda v: str(int(v)))))
     lines.append(("Models", _join(_unique(rows, "model"))))
     return lines
+
+
+def _strong_evaluation(rows: pd.DataFrame) -> str:
+    """What the Strong ERS of the board's cells was computed from (the ``meaning`` of their
+    ``ERS:strong`` score rows); "" on a board without a strong evaluation."""
+    if not {"attack", "metric"} <= set(rows.columns) or "meaning" not in rows.columns:
+        return ""
+    scored = rows[(rows["attack"] == "score") & (rows["metric"] == RANKING_KEY)]
+    meanings = [str(m) for m in scored["meaning"].dropna() if str(m)]
+    return "; ".join(dict.fromkeys(meanings))
 
 
 def _natural_training_r1(rows: pd.DataFrame) -> str:

@@ -19,6 +19,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from ..errors import BenchmarkError
+from ..robustness_scores import STRONG_SCORE
+from .convergence import board_studies, convergence_section
+from .intervals import DRAWS, board_rank_intervals
 from .model import Board
 from .plots import (
     plot_attack_bars,
@@ -27,7 +30,7 @@ from .plots import (
     plot_ers_vs_r1,
     plot_training_curves,
 )
-from .protocol import _registry_description, _unique, protocol_lines, provenance_lines
+from .protocol import _registry_description, _strong_evaluation, _unique, protocol_lines, provenance_lines
 from .replication import ACTIVITY_COLUMNS, colo_activity, replication
 from .tables import (
     _board_rows,
@@ -87,9 +90,22 @@ def _static(name: str) -> Markup:
 # Public entry points
 
 
+def _strong_ids(rows: pd.DataFrame) -> list[str]:
+    """The ids of the strong evaluation the board's cells carry (``strong_eval``; "" for none)."""
+    return sorted({str(v) for v in rows.get("strong_eval", pd.Series(dtype=str)).dropna() if str(v)})
+
+
 def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *,
-                 split_descriptions: Mapping[str, str] | None = None, plots: bool = True) -> list[Board]:
-    """Every leaderboard the store holds, aggregated, with its protocol, provenance and plots."""
+                 split_descriptions: Mapping[str, str] | None = None, plots: bool = True,
+                 queries: pd.DataFrame | None = None, studies: pd.DataFrame | None = None,
+                 draws: int = DRAWS) -> list[Board]:
+    """Every leaderboard the store holds, aggregated, with its protocol, provenance and plots.
+
+    ``queries``: the per-query values of the cells (``benchmark.store.load_queries``), for the rank
+    intervals (a bootstrap of ``draws`` draws; without them the Rank column has no interval);
+    ``studies``: convergence-study rows (``benchmark.study.load_studies``), for the convergence
+    section (omitted without them).
+    """
     frame = _check_frame(results)
     boards = []
     for key in board_keys(frame):
@@ -101,15 +117,28 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
         audited = bool(((rows["attack"] == "audit").any() and not legacy_audit)
                        or table.get("audit:ERS:strong", pd.Series(dtype=float)).notna().any()
                        or rows["is_plugin"].any())
-        columns = leaderboard_columns(value_columns, audited=audited, legacy_audit=legacy_audit)
+        strong = bool(table.get(STRONG_SCORE, pd.Series(dtype=float)).notna().any())
+        columns = leaderboard_columns(value_columns, audited=audited, legacy_audit=legacy_audit, strong=strong)
         summaries = summarise(table, columns)
+        ranked_by = ranking_key(summaries)
+        intervals = board_rank_intervals(summaries, queries, ranked_by, draws=draws)
         split = (split_descriptions or {}).get(key.dataset) or _registry_description("DATASETS", key.dataset)
-        board = Board(key, columns, _table_rows(summaries, columns), protocol_lines(rows, key, split),
+        board = Board(key, columns, _table_rows(summaries, columns, intervals), protocol_lines(rows, key, split),
                       provenance_lines(rows), seeds=[int(s) for s in _unique(rows, "seed")],
                       split_description=split, faithful=bool(rows["faithful"].all()),
-                      replication=replication(summaries, ranking_key(summaries)), activity=colo_activity(summaries),
+                      replication=replication(summaries, ranked_by), activity=colo_activity(summaries),
                       activity_columns=[label for _, label in ACTIVITY_COLUMNS] + ["max clean C"],
-                      audited=audited or legacy_audit, ranked_by=ranking_key(summaries))
+                      audited=audited or legacy_audit, ranked_by=ranked_by,
+                      interval_draws=draws if any(i is not None for i in intervals) else 0)
+        if studies is not None and not studies.empty:
+            board_queries = queries if queries is not None and not queries.empty else None
+            dataset_studies = studies[studies["dataset"].astype(str) == key.dataset]
+            steps = [int(s) for s in _unique(rows, "attack_steps")]
+            board.convergence = convergence_section(
+                board_studies(dataset_studies, table, board_queries), [s.entry for s in summaries],
+                standard_steps=steps[0] if len(steps) == 1 else 32, strong_ids=_strong_ids(rows),
+                strong_meaning=_strong_evaluation(rows),
+                slug=key.slug, colors={s.entry: i for i, s in enumerate(summaries)}, draw=plots)
         if plots:
             figures = [plot_ers_vs_r1(summaries), plot_ers_vs_cost(summaries), plot_attack_bars(summaries, columns),
                        plot_training_curves(telemetry, summaries)]
@@ -131,25 +160,29 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def render_leaderboards(results: pd.DataFrame, telemetry: pd.DataFrame | None, out_dir: Path, *,
-                        split_descriptions: Mapping[str, str] | None = None) -> list[Path]:
+                        split_descriptions: Mapping[str, str] | None = None, queries: pd.DataFrame | None = None,
+                        studies: pd.DataFrame | None = None) -> list[Path]:
     """Write ``<slug>.html``, ``<slug>.md`` and the PNG plots per leaderboard, plus ``index.html``/``index.md``.
 
     ``results`` is the store in the tidy long schema (:mod:`benchmark.schema`); ``telemetry`` the
     per-step table (``TELEMETRY_COLUMNS``) or None; ``split_descriptions`` maps a dataset name to
-    the text describing its split (default: the dataset registry's description). Returns every
-    file written, index pages last.
+    the text describing its split (default: the dataset registry's description); ``queries`` the
+    per-query values (rank intervals) and ``studies`` the convergence-study rows (the convergence
+    section), both optional. Returns every file written, index pages last.
     """
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise BenchmarkError(f"cannot create the leaderboard folder {out_dir}: {error}") from None
-    boards = build_boards(results, telemetry, split_descriptions=split_descriptions)
+    boards = build_boards(results, telemetry, split_descriptions=split_descriptions, queries=queries,
+                          studies=studies)
     html_env, md_env = _environment("html"), _environment("md")
     style, script = _static("leaderboard.css"), _static("leaderboard.js")
     written: list[Path] = []
     for board in boards:
-        for figure in board.figures:
+        figures = board.figures + ([board.convergence.figure] if board.convergence is not None else [])
+        for figure in figures:
             if figure.png:
                 written.append(_write(out_dir / figure.file, figure.png))
         context = {"board": board, "style": style, "script": script}
@@ -165,8 +198,9 @@ def render_leaderboards(results: pd.DataFrame, telemetry: pd.DataFrame | None, o
 
 def render_from_store(results_dir: Path, out_dir: Path, *, dataset: str | None = None,
                       split_descriptions: Mapping[str, str] | None = None) -> list[Path]:
-    """Load the store in ``results_dir`` (rows and telemetry) and render its leaderboards into ``out_dir``."""
-    from ..store import load_results, load_telemetry  # lazy: the store module is not needed to render frames
+    """Load the store in ``results_dir`` (rows, telemetry, per-query values and convergence studies)
+    and render its leaderboards into ``out_dir``."""
+    from ..store import load_queries, load_results, load_telemetry  # lazy: not needed to render frames
 
     results = load_results(Path(results_dir), dataset=dataset)
     if results.empty:
@@ -177,4 +211,16 @@ def render_from_store(results_dir: Path, out_dir: Path, *, dataset: str | None =
                                    cell_ids=results["cell_id"].astype(str).unique().tolist())
     except BenchmarkError:
         telemetry = None  # leaderboards without training curves are still leaderboards
-    return render_leaderboards(results, telemetry, Path(out_dir), split_descriptions=split_descriptions)
+    try:
+        queries = load_queries(Path(results_dir), dataset=dataset,
+                               cell_ids=results["cell_id"].astype(str).unique().tolist())
+    except BenchmarkError:
+        queries = None  # no rank intervals
+    try:
+        from ..study import load_studies
+
+        studies = load_studies(Path(results_dir), dataset=dataset)
+    except BenchmarkError:
+        studies = None  # no convergence section
+    return render_leaderboards(results, telemetry, Path(out_dir), split_descriptions=split_descriptions,
+                               queries=queries, studies=studies)

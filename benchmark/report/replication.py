@@ -7,8 +7,11 @@ entries' stored values (mean ± sample std over seeds):
 (a) naive TRIDE collapses and COLO-TRIDE does not, with the paper's two collapse signatures kept
     apart (shrunk: spread relative to natural training; entangled: late separability), and how
     often COLO acted;
-(b) the ERS order COLO-TRIDE > HM > ACT, pair by pair: *holds*, *reversed* or *within noise*
-    (the gap is within twice its standard error, Welch, from the seeds' sample std);
+(b) the ERS order COLO-TRIDE > HM > ACT, pair by pair, by the board's ranking key (Strong ERS,
+    :data:`benchmark.report.ranking.RANKING_KEY`): *holds*, *reversed* or *within noise* (the gap
+    is within twice its standard error, Welch, from the seeds' sample std); and what the RobRank
+    protocol alone (ERS (RobRank) of the standard 32-step run) would have concluded, said in words
+    where it differs;
 (c) the training-cost ratio COLO-TRIDE : HM (the paper: about 470 : 550 min on CUB);
 (d) the ablation rows of the paper's Table 3: naive AT, naive CAP, naive ANP, naive TRIDE
     (collapse expected) and COLO-ANP, COLO-CAP, COLO-TRIDE (no collapse; ERS order
@@ -27,6 +30,7 @@ from typing import Any, Protocol
 
 from ..shrinkage import SHRUNK_FRACTION
 from ..telemetry import ENTANGLED_SEPARABILITY
+from .ranking import PROTOCOL_KEY, RANKING_KEY, score_label
 
 HOLDS, REVERSED, NOISE, NOT_RUN = "holds", "reversed", "within noise", "not run"
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced here"
@@ -211,11 +215,35 @@ def collapse_claim(by_entry: Mapping[str, Summary]) -> Claim:
                   "COLO acted", "clean C > 0", "max clean C"], rows)
 
 
+def overall(verdicts: Sequence[str]) -> str:
+    """One verdict for a chain of pairwise ones: holds only when every pair holds."""
+    if all(v == HOLDS for v in verdicts):
+        return HOLDS
+    if NOT_RUN in verdicts:
+        return NOT_RUN
+    if any(v == REVERSED for v in verdicts):
+        return REVERSED
+    return NOISE
+
+
+def protocol_difference(pairs: Sequence[tuple[str, str]], by_key: Sequence[str], by_protocol: Sequence[str],
+                        key: str, protocol_key: str) -> str:
+    """A sentence on what ``protocol_key`` (the RobRank protocol) alone concludes where it differs
+    from ``key``; "" where it agrees on every pair."""
+    differing = [f"{first} > {second} {protocol} (by {score_label(key)}: {verdict})"
+                 for (first, second), verdict, protocol in zip(pairs, by_key, by_protocol)
+                 if protocol != verdict and protocol != NOT_RUN]
+    if not differing:
+        return ""
+    return (f" The RobRank protocol alone ({score_label(protocol_key)}, 32 fixed steps) would conclude otherwise: "
+            + "; ".join(differing) + f", overall {overall(by_protocol)}.")
+
+
 def order_claim(by_entry: Mapping[str, Summary], pairs: Sequence[tuple[str, str]], key: str, title: str,
                 claim_key: str, protocol_key: str | None = None) -> Claim:
-    """Pairwise order by ``key`` (the board's ranking key), and, in its own column, what
-    ``protocol_key`` (RobRank's ERS) alone would have concluded."""
-    rows, verdicts = [], []
+    """Pairwise order by ``key`` (the board's ranking key), and, in its own column and in words where
+    it differs, what ``protocol_key`` (RobRank's ERS of the standard run) alone would have concluded."""
+    rows, verdicts, protocol_verdicts = [], [], []
     for first, second in pairs:
         a, b = _stat(by_entry.get(first), key), _stat(by_entry.get(second), key)
         verdict = compare(a, b)
@@ -225,18 +253,15 @@ def order_claim(by_entry: Mapping[str, Summary], pairs: Sequence[tuple[str, str]
         gap = "—" if a.n == 0 or b.n == 0 else f"{a.mean - b.mean:+.1f}"
         row = [f"{first} > {second}", a.text(), b.text(), gap, paper, verdict]
         if protocol_key:
-            row.append(compare(_stat(by_entry.get(first), protocol_key), _stat(by_entry.get(second), protocol_key)))
+            protocol = compare(_stat(by_entry.get(first), protocol_key), _stat(by_entry.get(second), protocol_key))
+            protocol_verdicts.append(protocol)
+            row.append(protocol)
         rows.append(row)
-    if all(v == HOLDS for v in verdicts):
-        verdict = HOLDS
-    elif NOT_RUN in verdicts:
-        verdict = NOT_RUN
-    elif any(v == REVERSED for v in verdicts):
-        verdict = REVERSED
-    else:
-        verdict = NOISE if all(v in (HOLDS, NOISE) for v in verdicts) else REVERSED
+    verdict = overall(verdicts)
     detail = (f"Pairwise {_label(key)}, mean ± sample std over seeds; a gap within twice its standard error is "
               "within noise. Paper: CUB, ResNet-18 (Table 1/3), RobRank's ERS.")
+    if protocol_key:
+        detail += protocol_difference(pairs, verdicts, protocol_verdicts, key, protocol_key)
     headers = ["claim", f"first {_label(key)}", f"second {_label(key)}", "gap", "paper (CUB)", "verdict"]
     if protocol_key:
         headers.append(f"by {_label(protocol_key)} alone")
@@ -244,7 +269,7 @@ def order_claim(by_entry: Mapping[str, Summary], pairs: Sequence[tuple[str, str]
 
 
 def _label(key: str) -> str:
-    return {"ERS:RobRank": "ERS (RobRank)", "audit:ERS:strong": "Strong ERS"}.get(key, key)
+    return {"audit:ERS:strong": "Audit strong ERS"}.get(key) or score_label(key)
 
 
 def cost_claim(by_entry: Mapping[str, Summary]) -> Claim:
@@ -261,7 +286,7 @@ def cost_claim(by_entry: Mapping[str, Summary]) -> Claim:
     return Claim("c", "COLO-TRIDE trains faster than HM", verdict, detail)
 
 
-def ablation_claim(by_entry: Mapping[str, Summary], key: str = "ERS") -> Claim:
+def ablation_claim(by_entry: Mapping[str, Summary], key: str = RANKING_KEY, protocol_key: str | None = None) -> Claim:
     rows = []
     matches, missing = [], []
     for name, label in ABLATION_ROWS:
@@ -283,6 +308,8 @@ def ablation_claim(by_entry: Mapping[str, Summary], key: str = "ERS") -> Claim:
                      f"{_min_over_seeds(s, 'training:entangled_separability'):.3f}", paper_text,
                      outcome if agrees else f"{outcome}: {NOT_REPRODUCED}"])
     order = [compare(_stat(by_entry.get(a), key), _stat(by_entry.get(b), key)) for a, b in ABLATION_ORDER]
+    protocol = [compare(_stat(by_entry.get(a), protocol_key), _stat(by_entry.get(b), protocol_key))
+                for a, b in ABLATION_ORDER] if protocol_key else []
     if missing:
         verdict = NOT_RUN
     elif all(matches) and all(v == HOLDS for v in order):
@@ -293,23 +320,26 @@ def ablation_claim(by_entry: Mapping[str, Summary], key: str = "ERS") -> Claim:
               f"either signature counting as a collapse: shrunk (clean gallery spread below {100 * SHRUNK_FRACTION:.0f} % "
               f"of natural training's) or entangled (late separability ≤ {ENTANGLED_SEPARABILITY}); "
               f"{_label(key)} order COLO-TRIDE > COLO-CAP: {order[0]}; COLO-CAP > COLO-ANP: {order[1]}.")
+    if protocol_key:
+        detail += protocol_difference(ABLATION_ORDER, order, protocol, key, protocol_key)
     return Claim("d", "Ablations (Table 3)", verdict, detail,
                  ["row", "R@1", _label(key), "ARS", "shrunk", "entangled", "min late separability", "paper (CUB)",
                   "here"], rows)
 
 
-def replication(summaries: Sequence[Summary], key: str = "ERS") -> Replication:
-    """The four claims for one board, ordered by the board's ranking ``key``; empty when the board
-    has none of the paper's entries. The ERS-order claim also says what RobRank's ERS alone concludes."""
+def replication(summaries: Sequence[Summary], key: str = RANKING_KEY) -> Replication:
+    """The four claims for one board, judged by the board's ranking ``key``; empty when the board
+    has none of the paper's entries. The claims that rest on an ERS order (b, d) also say what the
+    RobRank protocol alone (:data:`~benchmark.report.ranking.PROTOCOL_KEY`) concludes where it differs."""
     by_entry = {s.entry: s for s in summaries}
     if not any(name in by_entry for name in PAPER_ROWS):
         return Replication([])
-    protocol = "ERS:RobRank" if key != "ERS:RobRank" else None
+    protocol = PROTOCOL_KEY if key != PROTOCOL_KEY else None
     return Replication([
         collapse_claim(by_entry),
         order_claim(by_entry, ERS_ORDER, key, "ERS order COLO-TRIDE > HM > ACT", "b", protocol),
         cost_claim(by_entry),
-        ablation_claim(by_entry, key),
+        ablation_claim(by_entry, key, protocol),
     ])
 
 

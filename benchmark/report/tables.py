@@ -20,11 +20,23 @@ import pandas as pd
 
 from ..deployment import BREAK_POINTS
 from ..errors import BenchmarkError
-from ..robustness_scores import RANKED_SCORE, ROBRANK_SCORE, SCORED_KEYS
+from ..robustness_scores import RANKED_SCORE, ROBRANK_SCORE, SCORED_KEYS, STRONG_SCORE
 from ..schema import ALL_COLUMNS
 from ..shrinkage import SHRUNK_FRACTION
 from ..telemetry import training_summary
+from .intervals import RankInterval
 from .model import AUDIT_CHECKS, BoardKey, Column, Row, TableCell
+from .ranking import (
+    DROP_KEY,
+    PROTOCOL_KEY,
+    UNRELIABLE_CSS,
+    UNRELIABLE_KEY,
+    UNRELIABLE_LABEL,
+    UNRELIABLE_TOLERANCE,
+    choose_key,
+    score_label,
+)
+from .ranking import RANKING_KEY as RANKING_KEY  # re-exported: declared once, in .ranking
 
 # Row groups that are not attacks (``attack`` column values).
 NON_ATTACK_GROUPS = ("benign", "score", "training", "audit")
@@ -212,6 +224,18 @@ def _geometry(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _strong_drop(table: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the drop ERS − Strong ERS (both scale-free) and whether it exceeds the audit's
+    tolerance (1/0; NaN for a cell without a strong evaluation)."""
+    if STRONG_SCORE in table.columns and RANKED_SCORE in table.columns:
+        table[DROP_KEY] = table[RANKED_SCORE] - table[STRONG_SCORE]
+    else:
+        table[DROP_KEY] = np.nan
+    table[UNRELIABLE_KEY] = np.where(table[DROP_KEY].notna(), (table[DROP_KEY] > UNRELIABLE_TOLERANCE).astype(float),
+                                     np.nan)
+    return table
+
+
 def cell_table(rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[Column]]:
     """One row per matrix cell (one trained model): every number the leaderboard aggregates.
 
@@ -220,7 +244,8 @@ def cell_table(rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> tup
     (plugin attacks) get columns keyed ``attack:metric`` and never feed ERS/ARS (those come from
     the stored ``score`` rows). ``training:*`` numbers missing from the rows are recomputed from
     ``telemetry``; a cell stored before the ranked ERS existed has its ERS moved to the RobRank
-    column; ``spread_vs_nt``, ``shrunk``, ``entangled`` and ``index_breaks`` are added per cell.
+    column; ``spread_vs_nt``, ``shrunk``, ``entangled``, ``index_breaks``, the strong evaluation's
+    drop (``ERS − ERS:strong``) and its verdict (``unconverged``) are added per cell.
     """
     first = rows.groupby("cell_id", sort=True).first()
     info_columns = [c for c in ("entry", "seed", "defense", "defense_params", "is_plugin", "plugin_hash",
@@ -256,7 +281,7 @@ def cell_table(rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> tup
             table[column] = from_telemetry[column]
         else:
             table[column] = table[column].where(table[column].notna(), from_telemetry[column])
-    table = _geometry(_move_legacy_scores(table))
+    table = _strong_drop(_geometry(_move_legacy_scores(table)))
     # Attack time: each attack's seconds are repeated on its metric rows, so count each attack once.
     if "attack_seconds" in attack_rows.columns and not attack_rows.empty:
         per_attack = attack_rows.groupby(["cell_id", "attack"])["attack_seconds"].first()
@@ -267,21 +292,37 @@ def cell_table(rows: pd.DataFrame, telemetry: pd.DataFrame | None = None) -> tup
 
 
 def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, audited: bool = False,
-                        legacy_audit: bool = False) -> list[Column]:
-    """The numeric columns in page order (Entry, Seeds, Shrunk, Entangled and Kind are added around them).
+                        legacy_audit: bool = False, strong: bool = False) -> list[Column]:
+    """The numeric columns in page order (Rank, Entry, Seeds, Shrunk, Entangled and Kind are added around them).
 
-    Headline first: ERS (the ranking key, scale-free), ERS under RobRank's definitions, ARS, R@1 and
-    the R@1 a float32 faiss index returns right after the entry name; then the audit, the spread
-    relative to natural training, the other benign metrics, the attack values as the rows
-    describe them (:func:`attack_columns`), WHM and the cost columns. A bare string is an attack
-    value column with that key and label. ``legacy_audit`` adds the strong ERS of audits stored
-    before the ranked ERS existed (RobRank's definition).
+    Headline first. With a strong evaluation on the board (``strong``): Strong ERS (the ranking
+    key), ERS (RobRank protocol), Drop, then ERS (scale-free, standard 32-step run); without one,
+    ERS and ERS (RobRank protocol). Then ARS, R@1 and the R@1 a float32 faiss index returns; then
+    the audit, the spread relative to natural training, the other benign metrics, the attack
+    values as the rows describe them (:func:`attack_columns`), WHM and the cost columns. A bare
+    string is an attack value column with that key and label. ``legacy_audit`` adds the strong ERS
+    of audits stored before the ranked ERS existed (RobRank's definition).
     """
-    columns = [
-        Column(RANKED_SCORE, "ERS", 1, 1.0, "Empirical Robustness Score, 0–100, scale-free: TMA centred on the clean "
-               "gallery and ES:D relative to its spread (the ranking key)", "score"),
-        Column(ROBRANK_SCORE, "ERS (RobRank)", 1, 1.0, "ERS exactly as RobRank defines it (raw TMA cosine, absolute "
-               "ES:D), for comparison with published numbers; rewards embeddings shrunk into a tiny cap", "score"),
+    ers_column = Column(RANKED_SCORE, score_label(RANKED_SCORE), 1, 1.0, "Empirical Robustness Score of the "
+                        "standard 32-step run, 0–100, scale-free: TMA centred on the clean gallery and ES:D relative "
+                        "to its spread", "score")
+    protocol_column = Column(PROTOCOL_KEY, score_label(PROTOCOL_KEY), 1, 1.0, "ERS of the standard run (32 fixed "
+                             "steps, last iterate) exactly as RobRank defines it (raw TMA cosine, absolute ES:D), for "
+                             "comparison with published numbers; rewards embeddings shrunk into a tiny cap", "score")
+    if strong:
+        columns = [
+            Column(STRONG_SCORE, score_label(STRONG_SCORE), 1, 1.0, "Strong ERS, 0–100, the ranking key: the "
+                   "scale-free ERS of the per-query worst case over the strong evaluation (a longer fixed-step PGD "
+                   "run's best iterate and APGD, at the profile's ε)", "score"),
+            protocol_column,
+            Column(DROP_KEY, score_label(DROP_KEY), 1, 1.0, "ERS − Strong ERS (same scale-free formula): what the "
+                   f"stronger attack takes away; above {UNRELIABLE_TOLERANCE:g} on any seed the entry is marked "
+                   f"{UNRELIABLE_LABEL}", "score"),
+            ers_column,
+        ]
+    else:
+        columns = [ers_column, protocol_column]
+    columns += [
         Column("ARS", "ARS", 1, 1.0, "Adversarial Resistance Score averaged over 8 attacks, 0–100", "score"),
         Column("R@1", "R@1", 1, 100.0, "Recall@1 on the test split, %", "benign"),
         Column("R@1:faiss-f32", "R@1 f32 index", 1, 100.0, "Recall@1 as a float32 faiss IndexFlatL2 returns it for a "
@@ -289,16 +330,17 @@ def leaderboard_columns(attack_value_columns: Sequence[Column | str] = (), *, au
     ]
     if audited:
         columns += [
-            Column("audit:ERS:strong", "Strong ERS", 1, 1.0, "ERS under the audit's strong evaluation: per query the "
-                   "worst case over the standard run, random restarts, 4× the steps and APGD", "score"),
-            Column("audit:drop", "Drop", 1, 1.0, "standard ERS − strong ERS (how much a stronger attack takes away)",
-                   "score"),
+            Column("audit:ERS:strong", "Audit strong ERS", 1, 1.0, "ERS under the audit's strong evaluation: per "
+                   "query the worst case over the standard run, random restarts, 4× the steps and APGD", "score"),
+            Column("audit:drop", "Audit drop", 1, 1.0, "standard ERS − the audit's strong ERS (how much a stronger "
+                   "attack takes away)", "score"),
         ]
     if legacy_audit:
         columns += [
-            Column("audit:ERS:strong:RobRank", "Strong ERS (RobRank)", 1, 1.0, "strong ERS of an audit stored before "
+            Column("audit:ERS:strong:RobRank", "Audit strong ERS (RobRank)", 1, 1.0, "strong ERS of an audit stored before "
                    "the scale-free ERS existed, under RobRank's definitions", "score"),
-            Column("audit:drop:RobRank", "Drop (RobRank)", 1, 1.0, "ERS (RobRank) − Strong ERS (RobRank)", "score"),
+            Column("audit:drop:RobRank", "Audit drop (RobRank)", 1, 1.0, "ERS (RobRank) − the audit's strong ERS "
+                   "(RobRank)", "score"),
         ]
     columns += [
         Column("spread_vs_nt", "Spread % NT", 2, 100.0, "mean pairwise distance of the clean test gallery relative "
@@ -365,15 +407,17 @@ class EntrySummary:
 
 
 def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySummary]:
-    """Aggregate the per-cell table over seeds, one summary per entry, sorted by ERS (desc).
+    """Aggregate the per-cell table over seeds, one summary per entry, sorted by the board's ranking
+    key (:func:`ranking_key`: Strong ERS, or its fallback), descending.
 
     Besides the columns, the ``training:*`` numbers of the cells are aggregated too (the COLO
-    activity and replication tables read them). Ties and missing ERS fall back to R@1 (desc),
+    activity and replication tables read them). Ties and a missing ranking key fall back to R@1 (desc),
     then the entry name, so the order is stable.
     """
     summaries = []
     keys = [c.key for c in columns]
     keys += [c for c in table.columns if str(c).startswith(("training:", "audit:", "spread:", "R@1:")) and c not in keys]
+    keys += [c for c in (STRONG_SCORE, RANKED_SCORE, PROTOCOL_KEY, DROP_KEY) if c in table.columns and c not in keys]
     keys += [c for c in VERDICT_KEYS if c not in keys]
     for entry, group in table.groupby("entry", sort=True):
         values = group.reindex(columns=keys).apply(pd.to_numeric, errors="coerce").astype(float)
@@ -401,24 +445,36 @@ def summarise(table: pd.DataFrame, columns: Sequence[Column]) -> list[EntrySumma
 
 
 # Per-cell verdicts (1/0/NaN) that the board counts over seeds.
-VERDICT_KEYS = ("shrunk", "entangled", "index_breaks")
+VERDICT_KEYS = ("shrunk", "entangled", "index_breaks", UNRELIABLE_KEY)
 
 
 def ranking_key(summaries: Sequence[EntrySummary]) -> str:
-    """The column a board is ordered by: the ranked ERS (:data:`RANKING_KEY`) when any entry has
-    it, else RobRank's ERS (a store evaluated before the ranked ERS existed)."""
-    if any(math.isfinite(s.mean.get(RANKING_KEY, math.nan)) for s in summaries):
-        return RANKING_KEY
-    return ROBRANK_SCORE
+    """The column a board is ordered by: :data:`RANKING_KEY` (Strong ERS, declared in
+    :mod:`benchmark.report.ranking`, the one place the templates, captions and the sort read) when
+    any entry has it, else the first of its fallbacks that one has (the scale-free ERS, then
+    RobRank's ERS: a store evaluated before them)."""
+    return choose_key({key for s in summaries for key, value in s.mean.items() if math.isfinite(value)})
 
 
-# The one place that says what a board ranks by (templates, captions and the sort read it).
-RANKING_KEY = RANKED_SCORE
+def _rank_cell(rank: int, interval: RankInterval | None, with_intervals: bool) -> TableCell:
+    """``2 (1–4)``: the rank and its 95 % bootstrap interval; ``2 (—)`` for an entry without per-query
+    values on a board that has intervals; the bare rank on a board without any."""
+    if not with_intervals:
+        return TableCell(str(rank), rank)
+    return TableCell(f"{rank} ({interval.text if interval is not None else '—'})", rank)
 
 
-def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) -> list[Row]:
+def unreliable(s: EntrySummary) -> bool:
+    """Some seed's Drop exceeds the audit's tolerance: the 32-step RobRank protocol misjudges this entry."""
+    return any(math.isfinite(v) and v > 0 for v in s.values.get(UNRELIABLE_KEY, []))
+
+
+def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column],
+                intervals: Sequence[RankInterval | None] | None = None) -> list[Row]:
+    intervals = list(intervals) if intervals is not None else [None] * len(summaries)
+    with_intervals = any(i is not None for i in intervals)
     rows = []
-    for rank, s in enumerate(summaries, start=1):
+    for rank, (s, interval) in enumerate(zip(summaries, intervals), start=1):
         cells = []
         for column in columns:
             mean, std, n = s.mean[column.key] * column.scale, s.std[column.key] * column.scale, s.count[column.key]
@@ -438,7 +494,14 @@ def _table_rows(summaries: Sequence[EntrySummary], columns: Sequence[Column]) ->
             if column.key == "R@1:faiss-f32" and s.count.get("index_breaks") and s.mean.get("index_breaks", 0) > 0:
                 cell.text += " (breaks)"
                 cell.css = "warn"
-        rows.append(Row(rank, s.entry, s.defense_params, s.n, cells, shrunk, entangled, kind, audit_cell(s)))
+        flagged = unreliable(s)
+        for column, cell in zip(columns, cells):
+            if column.key == DROP_KEY and flagged:
+                cell.badge = UNRELIABLE_LABEL
+                cell.css = f"warn {UNRELIABLE_CSS}"
+        rows.append(Row(rank, s.entry, s.defense_params, s.n, cells, shrunk, entangled, kind, audit_cell(s),
+                        rank_cell=_rank_cell(rank, interval, with_intervals), interval=interval,
+                        unreliable=flagged))
     return rows
 
 

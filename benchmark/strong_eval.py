@@ -32,6 +32,7 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import BenchmarkError
@@ -94,27 +95,36 @@ DEFAULT_STRONG = StrongSpec()
 
 # The fixed-step run's name in a strong evaluation (attacks.runner.strong_runs) and in a study.
 FIXED = "fixed"
+# The standard run's row of candidate_table.
+STANDARD_LABEL = "standard (RobRank protocol)"
 
 
 # ---- choosing the ensemble from a convergence study -------------------------------------------
 
 
-def _members(rows: pd.DataFrame) -> dict[tuple[str, int], pd.DataFrame]:
-    """Each (run, budget) of a study's rows whose best iterate can join an ensemble."""
-    return {(run, int(budget)): group for (run, budget), group in rows.groupby(["run", "budget"], sort=False)}
+class _Members:
+    """One study's best iterates as a matrix: a row per (metric, query), a column per (run, budget);
+    the per-query worst case of any set of columns is one numpy reduction."""
 
+    def __init__(self, rows: pd.DataFrame, column: str = "best") -> None:
+        wide = rows.pivot_table(index=["metric", "query"], columns=["run", "budget"], values=column, aggfunc="first")
+        direction = rows.groupby(["metric", "query"])["direction"].first().reindex(wide.index)
+        self.columns = {(str(run), int(budget)): i for i, (run, budget) in enumerate(wide.columns)}
+        self.values = wide.to_numpy(dtype=float)
+        self.higher = (direction == "higher").to_numpy()
+        self.metrics, self.codes = np.unique(wide.index.get_level_values("metric").astype(str), return_inverse=True)
 
-def _worst_ers(parts: list[pd.DataFrame]) -> float:
-    from .robustness_scores import ERS_KEYS, ers
+    def ers(self, members: list[tuple[str, int]]) -> float:
+        from .robustness_scores import ERS_KEYS, ers
 
-    frame = pd.concat(parts, ignore_index=True)
-    higher = frame["direction"] == "higher"
-    low = frame[higher].groupby(["metric", "query"])["best"].min()
-    high = frame[~higher].groupby(["metric", "query"])["best"].max()
-    means = pd.concat([low, high]).groupby(level="metric").mean().to_dict()
-    if not all(k in means for k in ERS_KEYS):
-        return float("nan")
-    return ers(means)
+        part = self.values[:, [self.columns[m] for m in members]]
+        worst = np.where(self.higher, part.min(axis=1), part.max(axis=1))
+        sums = np.bincount(self.codes, weights=worst, minlength=len(self.metrics))
+        counts = np.bincount(self.codes, minlength=len(self.metrics))
+        means = dict(zip(self.metrics.tolist(), (sums / np.maximum(counts, 1)).tolist()))
+        if not all(k in means for k in ERS_KEYS) or not np.isfinite(worst).all():
+            return float("nan")
+        return ers(means)
 
 
 def candidates(study_runs: set[tuple[str, int]], standard_steps: int = 32) -> list[tuple[str, int, tuple]]:
@@ -133,27 +143,24 @@ def candidates(study_runs: set[tuple[str, int]], standard_steps: int = 32) -> li
 
 
 def candidate_table(study_rows: pd.DataFrame, standard_steps: int = 32) -> pd.DataFrame:
-    """Per studied entry (dataset, entry) and candidate ensemble: its cost in steps per batch, its
-    Strong ERS (per-query worst case over its members' best iterates), the strongest measured (all
-    the study's runs at their longest budgets) and the gap between them; plus the standard run
+    """Per studied model (dataset, entry, seed) and candidate ensemble: its cost in steps per batch,
+    its Strong ERS (per-query worst case over its members' best iterates), the strongest measured
+    (every run of the study at its longest budget) and the gap between them; plus the standard run
     (fixed, last iterate at the standard step count) for reference."""
     out = []
-    for (dataset, entry), rows in study_rows.groupby(["dataset", "entry"], sort=True):
-        members = _members(rows)
+    for (dataset, entry, seed), rows in study_rows.groupby(["dataset", "entry", "seed"], sort=True):
+        members = _Members(rows)
         longest: dict[str, int] = {}
-        for run, budget in members:
+        for run, budget in members.columns:
             longest[run] = max(budget, longest.get(run, 0))
-        strongest = _worst_ers([members[(run, budget)] for run, budget in longest.items()])
+        strongest = members.ers(list(longest.items()))
+        base = {"dataset": dataset, "entry": entry, "seed": int(seed), "strongest": strongest}
         standard = rows[(rows["run"] == FIXED) & (rows["budget"] == standard_steps)]
-        standard_ers = _worst_ers([standard.drop(columns="best").rename(columns={"last": "best"})]) \
-            if len(standard) else float("nan")
-        out.append({"dataset": dataset, "entry": entry, "ensemble": "standard (RobRank protocol)",
-                    "steps": standard_steps, "ERS": standard_ers, "strongest": strongest})
-        for name, steps, parts in candidates(set(members), standard_steps):
-            value = _worst_ers([members[m] for m in parts])
-            out.append({"dataset": dataset, "entry": entry, "ensemble": name, "steps": steps, "ERS": value,
-                        "strongest": strongest})
-    table = pd.DataFrame(out, columns=["dataset", "entry", "ensemble", "steps", "ERS", "strongest"])
+        standard_ers = _Members(standard, "last").ers([(FIXED, standard_steps)]) if len(standard) else float("nan")
+        out.append({**base, "ensemble": STANDARD_LABEL, "steps": standard_steps, "ERS": standard_ers})
+        for name, steps, parts in candidates(set(members.columns), standard_steps):
+            out.append({**base, "ensemble": name, "steps": steps, "ERS": members.ers(list(parts))})
+    table = pd.DataFrame(out, columns=["dataset", "entry", "seed", "ensemble", "steps", "ERS", "strongest"])
     table["gap"] = table["ERS"] - table["strongest"]
     return table
 
@@ -162,7 +169,7 @@ def choose_ensemble(table: pd.DataFrame, *, gap_limit: float = GAP_LIMIT) -> pd.
     """The cheapest candidate of :func:`candidate_table` whose gap is ≤ ``gap_limit`` for every
     studied entry (ties: the smaller worst gap); its name, steps and worst gap. Raises when none
     qualifies."""
-    ensembles = table[table["ensemble"] != "standard (RobRank protocol)"]
+    ensembles = table[table["ensemble"] != STANDARD_LABEL]
     summary = ensembles.groupby("ensemble").agg(steps=("steps", "first"), worst_gap=("gap", "max"),
                                                 mean_gap=("gap", "mean"), entries=("entry", "size"))
     ok = summary[summary["worst_gap"] <= gap_limit]

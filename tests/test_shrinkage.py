@@ -193,9 +193,9 @@ def test_capped_nt_scores_the_ranked_ers_of_nt_and_is_flagged(nt_and_capped_nt):
 def test_board_ranks_by_the_scale_free_ers_and_flags_the_cap(nt_and_capped_nt):
     rows, telemetry = nt_and_capped_nt
     board = build_boards(rows, telemetry, plots=False)[0]
-    assert board.ranked_by == "ERS"
+    assert board.ranked_by == "ERS:strong"  # cells get the strong evaluation by default
     labels = [c.label for c in board.columns]
-    assert labels[:5] == ["ERS", "ERS (RobRank)", "ARS", "R@1", "R@1 f32 index"]
+    assert labels[:5] == ["Strong ERS", "ERS (RobRank protocol)", "Drop", "ERS", "ARS"]
     row = next(r for r in board.rows if r.entry == "nt-capped")
     assert row.shrunk.text == "1/1" and row.shrunk.css == "warn"
     index = labels.index("R@1 f32 index")
@@ -206,7 +206,10 @@ def test_board_ranks_by_the_scale_free_ers_and_flags_the_cap(nt_and_capped_nt):
 @pytest.mark.slow
 def test_cells_stored_before_the_ranked_ers_show_it_as_robrank(nt_and_capped_nt):
     rows, telemetry = nt_and_capped_nt
-    legacy = rows[~((rows["attack"] == "score") & (rows["metric"] == "ERS:RobRank"))].copy()
+    # A cell stored before the ranked ERS (and the strong evaluation) existed: no ERS:RobRank, no
+    # strong rows, and its ERS is RobRank's.
+    strong = rows["metric"].isin(["ERS:strong", "ERS:RobRank:strong"]) | (rows["variant"] == "strong")
+    legacy = rows[~((rows["attack"] == "score") & (rows["metric"] == "ERS:RobRank")) & ~strong].copy()
     robrank = rows[(rows["attack"] == "score") & (rows["metric"] == "ERS:RobRank")].set_index("cell_id")["value"]
     is_ers = (legacy["attack"] == "score") & (legacy["metric"] == "ERS")
     legacy.loc[is_ers, "value"] = legacy.loc[is_ers, "cell_id"].map(robrank).to_numpy()

@@ -24,7 +24,14 @@ from benchmark.presets import PROFILES
 from benchmark.registry import ATTACKS
 from benchmark.robustness_scores import ERS_KEYS, ERS_TERMS, ers
 from benchmark.schema import QUERY_COLUMNS
-from benchmark.strong_eval import DEFAULT_STRONG, GAP_LIMIT, StrongSpec, candidate_table, candidates, choose_ensemble
+from benchmark.strong_eval import (
+    DEFAULT_STRONG,
+    GAP_LIMIT,
+    StrongSpec,
+    candidate_table,
+    candidates,
+    choose_ensemble,
+)
 
 ROB28 = PROFILES["rob28"]
 

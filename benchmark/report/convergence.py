@@ -24,11 +24,11 @@ import pandas as pd
 
 from ..errors import BenchmarkError
 from ..robustness_scores import ERS_KEYS, RANKED_SCORE
+from ..strong_eval import STANDARD_LABEL as STANDARD_NAME  # the candidate table's standard row
 from .model import Figure
 
 # A doubling of the budget that changes ERS by at most this many points counts as "not moving".
 SETTLED_POINTS = 0.5
-STANDARD_NAME = "standard (RobRank protocol)"
 
 
 @dataclass

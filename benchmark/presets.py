@@ -134,12 +134,15 @@ SMOKE = Preset("smoke", epochs=2, batch_pairs=32, train_pgd_divisor=16, attack_q
                attack_batch=16, max_train_images=512,
                description="REDUCED ADVERSARY (training PGD steps / 16, step x 16): seconds per cell, "
                            "for tests and a first look; not a ranking")
-# quick v2: the published adversaries, cost cut by epochs and attack queries only. Sized so the
-# default job (digits, every built-in defense, one seed) finishes within 40 minutes on 2 CPU
-# cores, and the omniglot-small board (every built-in defense, two seeds) in about four hours.
+# quick v3: the published adversaries, cost cut by epochs and attack queries only. Sized so the
+# default job (digits, every built-in defense, one seed) finishes within an hour on 2 CPU cores.
+# omniglot-small trains 40 epochs with a cosine learning-rate decay (every defense alike): natural
+# training then reaches R@1 61.4 % (seeds 0, 1: 61.40, 61.45), where v2's 10 constant-rate epochs
+# reached 52.3 %; the omniglot board costs about 4× v2's. Digits trains exactly as in v2.
 # (quick v1 divided the training PGD steps by 16: not the published defenses; retired.)
 QUICK = Preset("quick", epochs=4, batch_pairs=64, train_pgd_divisor=1, attack_queries=128,
-               attack_batch=128, epochs_by_dataset=(("omniglot", 10),), version=2,
+               attack_batch=128, epochs_by_dataset=(("omniglot", 40),), version=3,
+               schedule_by_dataset=(("omniglot", "cosine"),),
                description="the published adversaries at reduced epochs and 128 attack queries: "
                            "the default and the reference boards")
 PAPER = Preset("paper", epochs=8, batch_pairs=128, train_pgd_divisor=1, attack_queries=None,

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..shrinkage import SHRUNK_FRACTION
-from . import ranking
+from .ranking import (
+    DROP_KEY,
+    RANKED_CSS,
+    RANKING_KEY,
+    UNRELIABLE_CSS,
+    UNRELIABLE_LABEL,
+    UNRELIABLE_TOLERANCE,
+    ranking_note,
+    score_label,
+)
 from .replication import ActivityRow, Replication
 
 
@@ -62,7 +71,7 @@ class Row:
     @property
     def css(self) -> str:
         """The row's CSS class: marks an entry the RobRank protocol misjudges."""
-        return ranking.UNRELIABLE_CSS if self.unreliable else ""
+        return UNRELIABLE_CSS if self.unreliable else ""
 
 
 AUDIT_CHECKS = (("flag:large_epsilon", "large ε"), ("flag:more_steps", "more steps"), ("flag:transfer", "transfer"),
@@ -124,22 +133,22 @@ class Board:
     activity: list[ActivityRow] = field(default_factory=list)
     activity_columns: list[str] = field(default_factory=list)
     audited: bool = False  # some cell carries an audit, or some entry is a plugin: the audit columns are shown
-    ranked_by: str = ranking.RANKING_KEY  # the column key the rows are ordered by (tables.ranking_key)
+    ranked_by: str = RANKING_KEY  # the column key the rows are ordered by (tables.ranking_key)
     convergence: Any = None  # convergence.Convergence: the attack's convergence study, where the store has one
     interval_draws: int = 0  # bootstrap draws behind the rank intervals (0: no interval on this board)
 
-    ranked_css = ranking.RANKED_CSS  # the CSS class of the ranked column's cells
-    unreliable_label = ranking.UNRELIABLE_LABEL
+    ranked_css = RANKED_CSS  # the CSS class of the ranked column's cells
+    unreliable_label = UNRELIABLE_LABEL
 
     @property
     def ranked_label(self) -> str:
         """The label of the column the board is ordered by."""
-        return next((c.label for c in self.columns if c.key == self.ranked_by), ranking.score_label(self.ranked_by))
+        return next((c.label for c in self.columns if c.key == self.ranked_by), score_label(self.ranked_by))
 
     @property
     def ranking_note(self) -> str:
         """One sentence on what orders the rows; says so when the board falls back to another key."""
-        return ranking.ranking_note(self.ranked_by)
+        return ranking_note(self.ranked_by)
 
     @property
     def rank_note(self) -> str:
@@ -157,14 +166,14 @@ class Board:
 
     @property
     def has_drop(self) -> bool:
-        return any(column.key == ranking.DROP_KEY for column in self.columns)
+        return any(column.key == DROP_KEY for column in self.columns)
 
     @property
     def unreliable_findings(self) -> str:
         """One line: the entries the 32-step RobRank protocol misjudges ("" on a board without a Drop column)."""
         if not self.has_drop:
             return ""
-        tolerance = f"{ranking.UNRELIABLE_TOLERANCE:g} ERS points (the audit's tolerance)"
+        tolerance = f"{UNRELIABLE_TOLERANCE:g} ERS points (the audit's tolerance)"
         entries = self.unreliable_entries
         if not entries:
             return f"No entry: every seed's Drop is within {tolerance}."
@@ -255,9 +264,18 @@ class Board:
                 "defense's training PGD steps and multiplies the step size, which turns a 32-step PGD "
                 "adversary into one or two FGSM-like steps), or the rows do not record their training "
                 "adversary. The numbers test the pipeline; they do not measure the published defenses. "
-                "Ranked boards come from a faithful preset (quick v2 or paper).")
+                f"Ranked boards come from a faithful preset ({_faithful_presets()}).")
 
     @property
     def plugin_entries(self) -> list[str]:
         """Entries that come from plugins, in leaderboard order (shown on the index)."""
         return [row.entry for row in self.rows if row.kind.sort == "plugin"]
+
+
+def _faithful_presets() -> str:
+    """The registered presets that train every defense with its own adversary, e.g. "quick v3 or paper"."""
+    from ..presets import PRESETS
+
+    names = [entry.name if entry.obj.version == 1 else f"{entry.name} v{entry.obj.version}"
+             for entry in PRESETS.entries() if entry.obj.faithful]
+    return " or ".join(names) if names else "none registered"

@@ -85,14 +85,16 @@ def test_train_then_attack_prints_metrics_raw_values_and_scores(capsys, tmp_path
     assert code == 0
     for key in ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT"):
         assert f" {key} " in out or out.count(key) >= 1
-    assert "ERS=" in out and "ARS=" in out
+    assert "ERS=" in out and "ARS=" in out and "ERS:strong=" in out  # the strong evaluation by default
     assert "queries attacked: 16 of 539 test images" in out  # the smoke preset's query budget
 
-    # --queries N and --queries all override the preset's budget (all: every test image)
+    # --queries N and --queries all override the preset's budget (all: every test image);
+    # --no-strong: the standard run alone
     for queries, expected in (("24", "24 of 539"), ("all", "539 of 539")):
         code, out, _ = run_cli(capsys, "attack", "--preset", "smoke", "--results", results, "--quiet",
-                               "--attacks", "ca+", "--queries", queries)
+                               "--attacks", "ca+", "--queries", queries, "--no-strong")
         assert code == 0 and f"queries attacked: {expected} test images" in out, out
+        assert "strong" not in out
 
 
 @pytest.mark.slow

@@ -65,24 +65,26 @@ def without_training(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["attack"] != "training"]
 
 
-def expected_rows_per_cell(attacks: tuple[str, ...]) -> int:
+def expected_rows_per_cell(attacks: tuple[str, ...], *, strong: bool = True) -> int:
     """Rows one cell must have besides its ``training`` rows, from the rules of cell.evaluate_cell
     (not from its output).
 
-    Every benign metric once; each metric of each attack twice (adversarial and clean); WHM
-    always; ERS only when every ERS key was measured; per-attack ARS plus averaged ARS only when
-    every ARS key was.
+    Every benign metric once; each metric of each attack twice (adversarial and clean), three times
+    with the strong evaluation (strong); WHM always; ERS (and, with the strong evaluation, Strong
+    ERS) only when every ERS key was measured, likewise ERS (RobRank); per-attack ARS plus averaged
+    ARS only when every ARS key was.
     """
     import_builtins()
     keys = [key for name in attacks for key in ATTACKS.create(name).metrics]
+    per_score = 2 if strong else 1
     scores = 1  # WHM
     if set(ERS_KEYS) <= set(keys):
-        scores += 1
+        scores += per_score
     if set(ROBRANK_ERS_KEYS) <= set(keys):
-        scores += 1
+        scores += per_score
     if set(ARS_KEYS) <= set(keys):
         scores += len(ARS_KEYS) + 1
-    return len(BENIGN_METRICS) + 2 * len(keys) + scores
+    return len(BENIGN_METRICS) + (3 if strong else 2) * len(keys) + scores
 
 
 def cell_paths(results: Path) -> list[Path]:
@@ -180,7 +182,7 @@ def test_smoke_matrix_rows_types_provenance_files(smoke_run):
     assert torch.get_num_threads() == smoke_run.caller_threads  # the cells' thread count was not left behind
 
     per_cell = expected_rows_per_cell(SMOKE_ATTACKS)
-    assert per_cell == 13 + 2 * 2 + 1  # benign + CA+/QA+ x (adversarial, clean) + WHM (no ERS/ARS: suite incomplete)
+    assert per_cell == 13 + 2 * 3 + 1  # benign + CA+/QA+ x (adversarial, clean, strong) + WHM (no ERS/ARS: suite incomplete)
     assert len(without_training(df)) == 4 * per_cell
     assert (without_training(df).groupby("cell_id").size() == per_cell).all()
     training = df[df["attack"] == "training"]
@@ -191,13 +193,13 @@ def test_smoke_matrix_rows_types_provenance_files(smoke_run):
     assert set(df["preset"]) == {"smoke"} and set(df["profile"]) == {"rob28"} and set(df["model"]) == {"c2f2"}
     assert not df.duplicated(ROW_KEY).any()
 
-    # Row structure: benign/score rows carry no variant; each attack metric is an adversarial/clean pair.
+    # Row structure: benign/score rows carry no variant; each attack metric is an adversarial/clean/strong triple.
     benign = df[df["attack"] == "benign"]
     assert set(benign["metric"]) == set(BENIGN_METRICS) and set(benign["variant"]) == {""}
     assert benign["value"].between(0, 1).all()
     attacked = df[df["attack"].isin(SMOKE_ATTACKS)]
     pairs = attacked.groupby(["cell_id", "metric"])["variant"].apply(sorted)
-    assert len(pairs) == 4 * 2 and all(pair == ["adversarial", "clean"] for pair in pairs)
+    assert len(pairs) == 4 * 2 and all(pair == ["adversarial", "clean", "strong"] for pair in pairs)
     assert set(df.loc[df["attack"] == "score", "metric"]) == {"WHM"}
     assert (attacked["attack_seconds"] > 0).all() and (df["train_seconds"] > 0).all()
 
@@ -253,10 +255,12 @@ def test_whole_suite_cell_reuses_checkpoint_and_scores(smoke_run, tmp_path):
     assert summary.computed == 1
     suite = default_attack_names()
     df = assert_store_consistent(results, 1, suite)
-    assert len(without_training(df)) == expected_rows_per_cell(suite) == 13 + 2 * 12 + 1 + 2 + len(ARS_KEYS) + 1
+    assert len(without_training(df)) == expected_rows_per_cell(suite) == 13 + 3 * 12 + 1 + 4 + len(ARS_KEYS) + 1
 
     scores = df[df["attack"] == "score"].set_index("metric")["value"]
-    assert set(scores.index) == {"ERS", "ERS:RobRank", "ARS", "WHM"} | {f"ARS:{k}" for k in ARS_KEYS}
+    assert set(scores.index) == {"ERS", "ERS:RobRank", "ERS:strong", "ERS:RobRank:strong", "ARS", "WHM"} | \
+        {f"ARS:{k}" for k in ARS_KEYS}
+    assert scores["ERS:strong"] <= scores["ERS"] and scores["ERS:RobRank:strong"] <= scores["ERS:RobRank"]
     adversarial = df[df["variant"] == "adversarial"].set_index("metric")["value"]
     assert scores["ERS"] == pytest.approx(ers(adversarial.to_dict()))
     assert scores["ERS:RobRank"] == pytest.approx(ers_robrank(adversarial.to_dict()))

@@ -455,7 +455,7 @@ def test_attack_plugin_is_an_extra_column(results_copy, tmp_path, capsys):
     assert new["cell_id"].nunique() == 1
     extra = new[new["attack"] == "ca-rank"]
     assert set(extra["metric"]) == {"CARank"} and extra["attack_plugin"].all()
-    assert set(extra["variant"]) == {"clean", "adversarial"}
+    assert set(extra["variant"]) == {"clean", "adversarial", "strong"}
     assert not new.loc[new["attack"] != "ca-rank", "attack_plugin"].any()
 
     def values(frame, attack):

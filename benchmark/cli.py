@@ -570,7 +570,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             adopt, refused = [], []
             for name in check.unrecorded:
                 path = results / name
-                problem = store.read_cell_file(path).problem if not name.startswith(store.TELEMETRY_DIR) else None
+                if name.startswith(store.TELEMETRY_DIR):
+                    problem = None
+                elif name.startswith(store.QUERIES_DIR):
+                    problem = store.queries_problem(path)
+                else:
+                    problem = store.read_cell_file(path).problem
                 (refused if problem else adopt).append((name, problem))
             store.record_files(results, [results / n for n, _ in adopt], forget=check.missing)
         for name, _ in adopt:

@@ -543,6 +543,19 @@ def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
     return _telemetry_types(pd.concat(frames, ignore_index=True))
 
 
+def queries_problem(path: str | os.PathLike) -> str | None:
+    """Why a per-query values file cannot be used (not readable, another layout, another cell's
+    values), or None."""
+    path = Path(path)
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as exc:
+        return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+    if list(frame.columns) != QUERY_COLUMNS or set(frame["cell_id"].astype(str).unique()) != {path.stem}:
+        return "not the per-query values of this cell (schema.QUERY_COLUMNS)"
+    return None
+
+
 def load_queries(results_dir: str | os.PathLike, dataset: str | None = None,
                  cell_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-query values (schema.QUERY_COLUMNS) of the finished cells with a strong evaluation. A

@@ -58,10 +58,10 @@ def _edit_by_hand(path: Path) -> float:
 def test_manifest_records_every_file_written(one_cell, capsys):
     entries = store.read_manifest(one_cell)
     names = {str(p.relative_to(one_cell)) for p in store.store_files(one_cell)}
-    assert set(entries) == names and len(names) == 2  # the cell and its telemetry
+    assert set(entries) == names and len(names) == 3  # the cell, its telemetry and its per-query values
     assert all(store.sha256_file(one_cell / n) == entries[n] for n in names)
     assert main(["verify", "--results", str(one_cell)]) == 0
-    assert "2 file(s) match" in capsys.readouterr().err
+    assert "3 file(s) match" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -98,14 +98,14 @@ def test_store_without_manifest_is_unrecorded_then_adopted(results, capsys):
     store.manifest_path(results).unlink()
     assert main(["verify", "--results", str(results)]) == 0  # unrecorded is not tampered
     out = capsys.readouterr().out
-    assert out.count("unrecorded  ") == 2 and "TAMPERED" not in out
+    assert out.count("unrecorded  ") == 3 and "TAMPERED" not in out
     assert len(store.load_results(results)) > 0  # an old store is still read
 
     garbage = results / "cells" / "digits" / "garbage.parquet"
     garbage.write_bytes(b"not parquet")
     assert main(["verify", "--results", str(results), "--record"]) == 0
     out = capsys.readouterr().out
-    assert out.count("recorded    ") == 2 and "not recorded cells/digits/garbage.parquet" in out
+    assert out.count("recorded    ") == 3 and "not recorded cells/digits/garbage.parquet" in out
     assert set(store.read_manifest(results)) == {str(p.relative_to(results)) for p in store.store_files(results)
                                                  if p != garbage}
     garbage.unlink()

@@ -67,7 +67,7 @@ def test_study_resumes_at_the_missing_attack_and_respects_the_lock(studied, monk
     from attacks import runner
 
     cell, _ = _cell_rows(results)
-    directory = study_dir(results, "digits", study_id(cell.cell_id, SPEC))
+    directory = study_dir(results, "digits", study_id(cell.standard_id, SPEC))  # keyed by the standard id
     calls = []
     original = runner.attack_queries
 

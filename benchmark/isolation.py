@@ -310,7 +310,6 @@ def _store_from_scratch(scratch: Path, results: Path, outcome: dict[str, Any],
     import pyarrow.parquet as pq
 
     from .locks import CellLock
-    from .schema import QUERY_COLUMNS
 
     # An interrupted child reports no plan: its finished cells are kept when their rows check out.
     planned = None if outcome.get("interrupted") else {str(c) for c in outcome.get("cell_ids", [])}
@@ -339,14 +338,10 @@ def _store_from_scratch(scratch: Path, results: Path, outcome: dict[str, Any],
         queries = None
         values = store.queries_path(scratch, path.parent.name, path.stem)
         if values.is_file():
-            try:
-                queries = pq.read_table(values).to_pandas()
-            except Exception as exc:
-                raise BenchmarkError(f"the plugin run returned an unreadable per-query values file for {rel} "
-                                     f"({type(exc).__name__}); nothing from it was stored") from None
-            if list(queries.columns) != QUERY_COLUMNS or set(queries["cell_id"].astype(str)) - {path.stem}:
-                raise BenchmarkError(f"the plugin run returned per-query values of another cell (or another "
-                                     f"layout) beside {rel}; nothing from it was stored")
+            queries, problem = store.read_queries(values)
+            if problem is not None:
+                raise BenchmarkError(f"the plugin run returned an unusable per-query values file beside {rel} "
+                                     f"({problem}); nothing from it was stored")
         new_cells.append((path, cell.rows, frame, queries))
     cell_ids = {str(rows["cell_id"].iloc[0]) for _, rows, _, _ in new_cells} | (planned or set())
     for path in store.cell_files(scratch, folder=store.AUDITS_DIR):

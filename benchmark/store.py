@@ -43,7 +43,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -520,40 +520,53 @@ def load_results(results_dir: str | os.PathLike, dataset: str | None = None) -> 
     return coerce_types(pd.concat(frames, ignore_index=True))
 
 
+def _companion_files(results_dir: str | os.PathLike, folder: str, dataset: str | None,
+                     cell_ids: Iterable[str] | None) -> Iterator[Path]:
+    """The files of ``folder`` (telemetry, per-query values) that belong to a cell whose rows landed."""
+    wanted = set(cell_ids) if cell_ids is not None else None
+    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
+    for path in sorted((Path(results_dir) / folder).glob(pattern)):
+        if path.name.startswith(".") or (wanted is not None and path.stem not in wanted):
+            continue
+        if cell_path(results_dir, path.parent.name, path.stem).exists():
+            yield path  # a file of a cell whose rows never landed is not part of the store
+
+
+def _skip(message: str) -> None:
+    log.debug(message)
+    warnings.warn(message, CorruptCellWarning, stacklevel=3)
+
+
 def load_telemetry(results_dir: str | os.PathLike, dataset: str | None = None,
                    cell_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-step training telemetry of the finished cells (those with a valid rows file)."""
-    wanted = set(cell_ids) if cell_ids is not None else None
     frames = []
-    root = Path(results_dir) / TELEMETRY_DIR
-    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
-    for path in sorted(root.glob(pattern)):
-        if path.name.startswith(".") or (wanted is not None and path.stem not in wanted):
-            continue
-        if not cell_path(results_dir, path.parent.name, path.stem).exists():
-            continue  # telemetry of a cell whose rows never landed: not part of the store
+    for path in _companion_files(results_dir, TELEMETRY_DIR, dataset, cell_ids):
         try:
             frames.append(pq.read_table(path).to_pandas())
         except Exception as exc:
-            message = f"skipping corrupt telemetry file {path}: {type(exc).__name__}: {exc}"
-            log.debug(message)
-            warnings.warn(message, CorruptCellWarning, stacklevel=2)
+            _skip(f"skipping corrupt telemetry file {path}: {type(exc).__name__}: {exc}")
     if not frames:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in TELEMETRY_COLUMNS})
     return _telemetry_types(pd.concat(frames, ignore_index=True))
 
 
-def queries_problem(path: str | os.PathLike) -> str | None:
-    """Why a per-query values file cannot be used (not readable, another layout, another cell's
-    values), or None."""
+def read_queries(path: str | os.PathLike) -> tuple[pd.DataFrame | None, str | None]:
+    """One cell's per-query values file: (frame, None), or (None, why it cannot be used: not
+    readable, another layout, another cell's values)."""
     path = Path(path)
     try:
         frame = pq.read_table(path).to_pandas()
     except Exception as exc:
-        return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+        return None, f"not a readable Parquet file ({type(exc).__name__}: {exc})"
     if list(frame.columns) != QUERY_COLUMNS or set(frame["cell_id"].astype(str).unique()) != {path.stem}:
-        return "not the per-query values of this cell (schema.QUERY_COLUMNS)"
-    return None
+        return None, "not the per-query values of this cell (schema.QUERY_COLUMNS)"
+    return frame, None
+
+
+def queries_problem(path: str | os.PathLike) -> str | None:
+    """Why a per-query values file cannot be used (:func:`read_queries`), or None."""
+    return read_queries(path)[1]
 
 
 def load_queries(results_dir: str | os.PathLike, dataset: str | None = None,
@@ -561,30 +574,16 @@ def load_queries(results_dir: str | os.PathLike, dataset: str | None = None,
     """Per-query values (schema.QUERY_COLUMNS) of the finished cells with a strong evaluation. A
     file whose bytes differ from the manifest, or that cannot be read, is left out with a
     CorruptCellWarning (its cell's rank interval then uses the other seeds)."""
-    wanted = set(cell_ids) if cell_ids is not None else None
     manifest = read_manifest(results_dir)
     frames = []
-    root = Path(results_dir) / QUERIES_DIR
-    pattern = f"{dataset}/*.parquet" if dataset else "*/*.parquet"
-    for path in sorted(root.glob(pattern)):
-        if path.name.startswith(".") or (wanted is not None and path.stem not in wanted):
-            continue
-        if not cell_path(results_dir, path.parent.name, path.stem).exists():
-            continue  # values of a cell whose rows never landed: not part of the store
-        problem = hash_problem(results_dir, path, manifest)
+    for path in _companion_files(results_dir, QUERIES_DIR, dataset, cell_ids):
+        frame, problem = None, hash_problem(results_dir, path, manifest)
         if problem is None:
-            try:
-                frame = pq.read_table(path).to_pandas()
-                if list(frame.columns) != QUERY_COLUMNS or set(frame["cell_id"].unique()) != {path.stem}:
-                    problem = "not the per-query values of this cell"
-                else:
-                    frames.append(frame)
-            except Exception as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+            frame, problem = read_queries(path)
         if problem is not None:
-            message = f"skipping per-query values file {path}: {problem}"
-            log.debug(message)
-            warnings.warn(message, CorruptCellWarning, stacklevel=2)
+            _skip(f"skipping per-query values file {path}: {problem}")
+        else:
+            frames.append(frame)
     if not frames:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in QUERY_COLUMNS})
     return pd.concat(frames, ignore_index=True)

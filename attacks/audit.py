@@ -54,7 +54,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.pgd import PGDConfig
 
 from .base import Attack, Gallery
-from .runner import AttackOutcome, Run, Surrogate, attack_queries, worse
+from .runner import AttackOutcome, Run, Surrogate, attack_queries, query_mean, worse
 
 __all__ = ["AuditReport", "AuditSpec", "STRONG_RUNS", "Surrogate", "audit_runs", "run_audit", "verdicts", "worse"]
 
@@ -150,10 +150,6 @@ def strong_values(outcome: AttackOutcome) -> tuple[dict[str, torch.Tensor], dict
     return strong, shares
 
 
-def _mean(values: torch.Tensor) -> float:
-    return float(values.double().sum()) / max(len(values), 1)
-
-
 def run_audit(
     model: torch.nn.Module,
     images_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -203,12 +199,12 @@ def _collect(outcome: AttackOutcome, report: AuditReport) -> None:
         if run in outcome.means:
             target.update(outcome.means[run])
     strong, shares = strong_values(outcome)
-    report.strong.update({key: _mean(value) for key, value in strong.items()})
+    report.strong.update({key: query_mean(value) for key, value in strong.items()})
     report.worst_from.update(shares)
     if "gradient_free" in outcome.values:
         for key, value in strong.items():
             direction = outcome.attack.spec(key).higher_is_better
-            report.with_gradient_free[key] = _mean(worse(value, outcome.values["gradient_free"][key], direction))
+            report.with_gradient_free[key] = query_mean(worse(value, outcome.values["gradient_free"][key], direction))
 
 
 def verdicts(report: AuditReport, ers: Callable[[dict[str, float]], float], spec: AuditSpec) -> dict[str, float]:

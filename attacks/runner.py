@@ -404,7 +404,7 @@ class AttackReport:
 STANDARD = "standard"
 
 
-def _mean(values: torch.Tensor) -> float:
+def query_mean(values: torch.Tensor) -> float:
     """The mean over queries in float64 (the sum of per-query values, as :func:`attack_queries`)."""
     return float(values.detach().double().sum()) / max(len(values), 1)
 
@@ -486,8 +486,8 @@ def run_attacks(
             report.before.update(outcome.means["before"])
             if strong is not None:
                 standard, worst = strong_values(outcome, pgd.steps)
-                report.after.update({key: _mean(value) for key, value in standard.items()})
-                report.strong.update({key: _mean(value) for key, value in worst.items()})
+                report.after.update({key: query_mean(value) for key, value in standard.items()})
+                report.strong.update({key: query_mean(value) for key, value in worst.items()})
                 report.query_values[attack.name] = {"before": outcome.before, "standard": standard, "strong": worst}
             else:
                 report.after.update(outcome.means[STANDARD])

@@ -186,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     _cell_args(p)
     _common(p)
     p.add_argument("--budgets", type=_csv, default=None, metavar="K,K,...",
-                   help="increasing PGD step counts the fixed-step run records (default 32,64,128,256,512)")
+                   help="increasing PGD step counts the fixed-step run records (default 32,64,128,256; add 512 where 128 to 256 still moves ERS)")
     p.add_argument("--restarts", type=_count, default=1, metavar="R",
                    help="random-start runs, 0 or more (default 1)")
     p.add_argument("--restart-budget", type=_count, default=None, metavar="K",
-                   help="steps of each random-start run (default 128; at most the longest budget)")
+                   help="steps of each random-start run (default 32; at most the longest budget)")
     p.add_argument("--apgd-budgets", type=_csv, default=None, metavar="K,K,...",
                    help="one APGD-schedule run per budget (default 64,256)")
     p.add_argument("--no-apgd", action="store_true", help="leave out the APGD-schedule runs")

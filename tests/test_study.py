@@ -102,9 +102,9 @@ def test_study_spec_rejects_bad_budgets():
         StudySpec(budgets=(32, 64), restart_budget=128)
     with pytest.raises(BenchmarkError, match="apgd budgets must be increasing positive"):
         StudySpec(apgd_budgets=(256, 64))
-    # The default's cost: 512 fixed + one 128-step restart + APGD at 64 and 256 steps per query batch.
-    assert StudySpec().steps == 512 + 128 + 64 + 256
-    assert StudySpec(restart_budget=None, restarts=2, apgd_budgets=()).steps == 3 * 512
+    # The default's cost: 256 fixed + one 32-step restart + APGD at 64 and 256 steps per query batch.
+    assert StudySpec().steps == 256 + 32 + 64 + 256
+    assert StudySpec(restart_budget=None, restarts=2, apgd_budgets=()).steps == 3 * 256
 
 
 def test_rows_store_the_weights_and_a_different_model_is_named(studied, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,10 @@ from .checkpoints import (
     WEIGHTS_METRIC,
     TrainedModel,
     load_checkpoint,
+    load_training_state,
     save_checkpoint,
+    save_training_state,
+    training_state_path,
     weights_sha256,
     weights_value,
 )
@@ -39,7 +43,7 @@ from .provenance import provenance
 from .registry import DEFENSES, MODELS
 from .strong_eval import DEFAULT_STRONG, StrongSpec
 from .telemetry import training_summary
-from .trainer import resolve_device, seed_everything, train_model
+from .trainer import TrainingState, resolve_device, seed_everything, train_model
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,7 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
     """Train the cell's model (with its thread count), or load its checkpoint when one exists
     (weights_only=True)."""
     path = cell.checkpoint_path(results_dir)
+    partial = training_state_path(path)
     if path.exists() and not retrain:
         loaded = cell.load_checkpoint(path)
         if loaded is not None:
@@ -241,10 +246,19 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
     with cell_threads(cell):
         seed_everything(cell.config.seed)
         model = cell.new_model()
+        resume = None if retrain else load_training_state(partial, cell.train_id)
+        if resume is not None:
+            print(f"rrb: resuming the training of {cell.entry} seed {cell.config.seed} on {cell.bundle.name} after "
+                  f"epoch {resume.epoch} of {cell.preset.epochs_for(cell.bundle.name)} ({partial})", file=sys.stderr)
+
+        def snapshot(state: TrainingState) -> None:
+            save_training_state(partial, state, train_id=cell.train_id)
+
         history = train_model(model, cell.bundle, cell.defense, cell.preset, cell.profile, seed=cell.config.seed,
                               device=cell.device, attention_lambda=cell.attention_lambda,
-                              model_name=cell.model_name, progress=progress)
+                              model_name=cell.model_name, progress=progress, resume=resume, on_epoch=snapshot)
     save_checkpoint(path, model, history, train_id=cell.train_id, train_payload=cell.train_payload())
+    partial.unlink(missing_ok=True)
     return TrainedModel(model, history, loaded=False)
 
 

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
-from .trainer import TrainHistory
+from .trainer import TrainHistory, TrainingState
 
 CHECKPOINT_FORMAT = 1
+TRAINING_STATE_FORMAT = 1
 WEIGHTS_METRIC = "weights_sha256"
 
 
@@ -93,6 +94,30 @@ def save_checkpoint(path: Path, model: torch.nn.Module, history: TrainHistory, *
         WEIGHTS_METRIC: weights_sha256(model),
     }
     atomic_torch_save(payload, path)
+
+
+def training_state_path(checkpoint: Path) -> Path:
+    """Where the per-epoch snapshot of a checkpoint's unfinished training lives (beside it)."""
+    return checkpoint.with_name(checkpoint.stem + ".partial.pt")
+
+
+def save_training_state(path: Path, state: TrainingState, *, train_id: str) -> None:
+    """Write an unfinished training's :class:`TrainingState` to ``path`` atomically, keyed by ``train_id``."""
+    atomic_torch_save({"format": TRAINING_STATE_FORMAT, "train_id": train_id, **state.to_dict()}, path)
+
+
+def load_training_state(path: Path, train_id: str) -> TrainingState | None:
+    """The snapshot at ``path`` (``weights_only=True``); ``None`` when there is none, it is corrupt or it
+    was written for another training id."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != TRAINING_STATE_FORMAT or payload.get("train_id") != train_id:
+            return None
+        return TrainingState(**{name: payload[name] for name in TrainingState.__dataclass_fields__})
+    except Exception:  # a truncated or foreign file: start the training again
+        return None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

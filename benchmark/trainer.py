@@ -7,10 +7,13 @@ clock per epoch — lives here, so every defense is trained under the same proto
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +72,71 @@ class TrainHistory:
         return is_collapsed([t["separability"] for t in self.telemetry])
 
 
+@dataclass
+class TrainingState:
+    """Everything a training run needs to go on after a finished epoch as if it had never stopped:
+    the weights, the optimiser's state, the sampler's generator, the global RNGs, the defense's own
+    state (HM's previous loss, COLO's next phase, ...), the history so far and the training time
+    spent. :func:`train_model` hands one to ``on_epoch`` after every epoch but the last and takes one
+    back as ``resume`` (``checkpoints.save_training_state`` stores it with ``weights_only``-safe
+    values only)."""
+
+    epoch: int  # epochs finished
+    step: int  # optimiser steps made
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+    rng: dict[str, Any]
+    defense: dict[str, Any]
+    telemetry: list[dict[str, float]]
+    epoch_seconds: list[float]
+    train_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def defense_state(defense: Defense) -> dict[str, Any] | None:
+    """The defense's attributes (its parameters and whatever it keeps between steps) when every one
+    is a plain value (None, bool, int, float, str, or lists, tuples and str-keyed dicts of them), so
+    that a snapshot restores it exactly; ``None`` otherwise (such a defense is not snapshotted and
+    an interrupted run of it starts again from its first epoch)."""
+    state = dict(vars(defense))
+    return copy.deepcopy(state) if all(_plain(v) for v in state.values()) else None
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position),
+                                                       int(has_gauss), float(gauss)],
+             "python": list(random.getstate()[1]), "python_gauss": random.getstate()[2]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_model(
     model: EmbeddingModel,
     bundle: DatasetBundle,
@@ -82,8 +150,15 @@ def train_model(
     model_name: str = "c2f2",
     progress: bool = True,
     train_split: Split | None = None,
+    resume: TrainingState | None = None,
+    on_epoch: Callable[[TrainingState], None] | None = None,
 ) -> TrainHistory:
-    """Train ``model`` in place with ``defense`` under ``preset``; return the history."""
+    """Train ``model`` in place with ``defense`` under ``preset``; return the history.
+
+    ``on_epoch(state)`` is called after every epoch but the last with a :class:`TrainingState`
+    (not for a defense whose state is not plain: :func:`defense_state`); ``resume`` continues from
+    one, and the weights it ends with are the same, bit for bit, as an uninterrupted run's with
+    the same thread count. ``history.train_seconds`` counts the training time of every part."""
     device = torch.device(device)
     split = train_split if train_split is not None else bundle.train
     if preset.max_train_images is not None and len(split) > preset.max_train_images:
@@ -100,11 +175,24 @@ def train_model(
     total = epochs * len(sampler)
     schedule = preset.schedule_for(bundle.name)
     base_rates = [group["lr"] for group in optimizer.param_groups]
-    bar = tqdm(total=total, desc=f"train {getattr(defense, 'registry_name', type(defense).__name__)}",
+    first_epoch, step, spent = 0, 0, 0.0
+    if resume is not None:
+        if not 0 < resume.epoch < epochs or resume.step != resume.epoch * len(sampler):
+            raise BenchmarkError(f"cannot resume training at epoch {resume.epoch}, step {resume.step}: this run has "
+                                 f"{epochs} epochs of {len(sampler)} steps")
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        _restore_rng(resume.rng, device)
+        for name, value in copy.deepcopy(resume.defense).items():
+            setattr(defense, name, value)
+        history.telemetry = list(resume.telemetry)
+        history.epoch_seconds = list(resume.epoch_seconds)
+        first_epoch, step, spent = resume.epoch, resume.step, resume.train_seconds
+    bar = tqdm(total=total, initial=step, desc=f"train {getattr(defense, 'registry_name', type(defense).__name__)}",
                unit="step", leave=False, disable=not progress)
-    step = 0
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         epoch_start = time.perf_counter()
         for index in sampler:
             images = split.batch(index, train=True, generator=generator).to(device)
@@ -134,8 +222,19 @@ def train_model(
                 last = history.telemetry[-1]
                 bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}", sep=f"{last['separability']:.2f}")
         history.epoch_seconds.append(time.perf_counter() - epoch_start)
+        if on_epoch is not None and epoch + 1 < epochs:
+            state = defense_state(defense)
+            if state is not None:
+                pause = time.perf_counter()
+                on_epoch(TrainingState(
+                    epoch=epoch + 1, step=step,
+                    model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    optimizer=copy.deepcopy(optimizer.state_dict()), generator=generator.get_state(),
+                    rng=_rng_state(device), defense=state, telemetry=list(history.telemetry),
+                    epoch_seconds=list(history.epoch_seconds), train_seconds=spent + pause - start))
+                start += time.perf_counter() - pause  # writing the snapshot is not training time
     bar.close()
-    history.train_seconds = time.perf_counter() - start
+    history.train_seconds = spent + time.perf_counter() - start
     history.steps = step
     model.eval()
     return history

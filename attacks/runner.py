@@ -490,7 +490,10 @@ def run_attacks(
                 report.strong.update({key: query_mean(value) for key, value in worst.items()})
                 report.query_values[attack.name] = {"before": outcome.before, "standard": standard, "strong": worst}
             else:
-                report.after.update(outcome.means[STANDARD])
+                # The same float64 sum over the per-query values as the strong path's standard
+                # means, so a cell's standard numbers do not depend on whether it ran the strong
+                # evaluation (batch-by-batch sums differ from it in the last bit).
+                report.after.update({key: query_mean(value) for key, value in outcome.values[STANDARD].items()})
             report.passes[attack.name] = sum(outcome.passes.values())
             report.pass_images[attack.name] = sum(outcome.pass_images.values())
             report.attacks[attack.name] = repr(attack)

@@ -6,7 +6,7 @@ the gradient-free random search) and of the convergence study. Per batch of quer
 attack's selection once, from the attack's own seeded generator, measures the clean values, then
 makes each requested :class:`Run` on that batch and measures what it reached. The clean gallery is
 embedded once by the caller and passed in. Values are kept per query (the audit takes per-query
-worst cases) and the means are over queries, summed batch by batch in float64, not means of
+worst cases) and the means are over queries: one float64 sum over every query's value, not means of
 per-batch means (SPEC §4).
 """
 
@@ -227,17 +227,12 @@ def attack_queries(
     before_parts: dict[str, list[torch.Tensor]] = {}
     run_parts: dict[str, dict[str, list[torch.Tensor]]] = {run.name: {} for run in runs}
     record_parts: dict[str, dict[int, list[Recorded]]] = {run.name: {} for run in runs if run.record}
-    sums: dict[str, dict[str, torch.Tensor]] = {}
     passes = {run.name: 0 for run in runs}
     pass_images = {run.name: 0 for run in runs}
     adversarial_batches: list[torch.Tensor] = []
 
     def add(kind: str, parts: dict[str, list[torch.Tensor]], values: dict[str, torch.Tensor]) -> None:
-        bucket = sums.setdefault(kind, {})
         for key, value in values.items():
-            # Per-query sums in float64 on the device: no host sync inside the loop.
-            total = value.detach().double().sum()
-            bucket[key] = bucket[key] + total if key in bucket else total
             parts.setdefault(key, []).append(value.detach())
 
     start = time.perf_counter()
@@ -284,7 +279,6 @@ def attack_queries(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     outcome.seconds = time.perf_counter() - start
-    n = len(query_index)
     missing = set(attack.metrics) - set(before_parts)
     for run in runs:
         missing |= set(attack.metrics) - set(run_parts[run.name])
@@ -292,7 +286,12 @@ def attack_queries(
         raise BenchmarkError(f"attack {attack.name!r} did not report {', '.join(sorted(missing))}")
     outcome.before = {key: torch.cat(before_parts[key]) for key in attack.metrics}
     outcome.values = {run: {key: torch.cat(parts[key]) for key in attack.metrics} for run, parts in run_parts.items()}
-    outcome.means = {kind: {key: float(bucket[key]) / n for key in attack.metrics} for kind, bucket in sums.items()}
+    # Every mean is the same float64 sum over the concatenated per-query values (query_mean), so the
+    # standard run's means are the same bits whether they come from a plain run, the strong
+    # evaluation's fixed run or an audit (batch-by-batch partial sums differ in the last bit).
+    outcome.means = {"before": {key: query_mean(outcome.before[key]) for key in attack.metrics}}
+    outcome.means.update({run: {key: query_mean(values[key]) for key in attack.metrics}
+                          for run, values in outcome.values.items()})
     outcome.recorded = {
         run: {step: Recorded({key: torch.cat([r.best[key] for r in parts]) for key in attack.metrics},
                              {key: torch.cat([r.last[key] for r in parts]) for key in attack.metrics})
@@ -490,10 +489,7 @@ def run_attacks(
                 report.strong.update({key: query_mean(value) for key, value in worst.items()})
                 report.query_values[attack.name] = {"before": outcome.before, "standard": standard, "strong": worst}
             else:
-                # The same float64 sum over the per-query values as the strong path's standard
-                # means, so a cell's standard numbers do not depend on whether it ran the strong
-                # evaluation (batch-by-batch sums differ from it in the last bit).
-                report.after.update({key: query_mean(value) for key, value in outcome.values[STANDARD].items()})
+                report.after.update(outcome.means[STANDARD])
             report.passes[attack.name] = sum(outcome.passes.values())
             report.pass_images[attack.name] = sum(outcome.pass_images.values())
             report.attacks[attack.name] = repr(attack)

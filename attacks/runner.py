@@ -231,7 +231,7 @@ def attack_queries(
     pass_images = {run.name: 0 for run in runs}
     adversarial_batches: list[torch.Tensor] = []
 
-    def add(kind: str, parts: dict[str, list[torch.Tensor]], values: dict[str, torch.Tensor]) -> None:
+    def add(parts: dict[str, list[torch.Tensor]], values: dict[str, torch.Tensor]) -> None:
         for key, value in values.items():
             parts.setdefault(key, []).append(value.detach())
 
@@ -243,7 +243,7 @@ def attack_queries(
         with torch.no_grad():
             selection = attack.select(index, gallery, generator)
             before = attack.measure(gallery.embeddings[index], index, selection, gallery)
-        add("before", before_parts, before)
+        add(before_parts, before)
         surrogate_selection = scored_selection = None
         if surrogate is not None:
             with torch.no_grad():
@@ -268,7 +268,7 @@ def attack_queries(
             pass_images[run.name] += count * len(index)
             with torch.no_grad():
                 after = attack.measure(model(adversarial), index, scoring, gallery)
-            add(run.name, run_parts[run.name], after)
+            add(run_parts[run.name], after)
             if tracker is not None:
                 tracker.see(after)
                 tracker.snapshot(run.config.steps, after)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from attacks.base import Gallery
     from attacks.runner import run_attacks, select_queries
-    from benchmark.cell import CellConfig, cell_threads, resolve, train_or_load
+    from benchmark.cell import CellConfig, resolve, train_or_load
     from benchmark.embedding import embed_split
     from benchmark.registry import ATTACKS
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = train_or_load(cell, Path(args.results), progress=False)
     model = trained.model.eval()
     profile = cell.profile
-    with cell_threads(cell), torch.no_grad():
+    with torch.no_grad():  # the process already runs with the cell's thread count
         gallery = Gallery(embed_split(model, cell.bundle.test), cell.bundle.test.labels)
     query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
     batches = [query_index[i:i + cell.preset.attack_batch]

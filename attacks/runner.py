@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.determinism import deterministic_kernels
 from benchmark.errors import BenchmarkError
 from benchmark.pgd import PGDConfig, apgd, pgd
 
@@ -185,6 +186,7 @@ class _Tracker:
                                             {k: v.clone() for k, v in last.items()})
 
 
+@deterministic_kernels()
 def attack_queries(
     model: torch.nn.Module,
     images_fn: Callable[[torch.Tensor], torch.Tensor],

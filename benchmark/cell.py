@@ -33,6 +33,7 @@ from .checkpoints import (
 from .collapseness import DEFAULT_LAMBDA_28, LAMBDA_BY_DATASET
 from .datasets import DatasetBundle, load_dataset
 from .defense_api import Defense
+from .determinism import KERNELS, deterministic_kernels
 from .embedding import embed_split
 from .errors import BenchmarkError
 from .models import make_model, set_precision
@@ -114,6 +115,7 @@ class ResolvedCell:
             "train_alpha": self.profile.train_alpha, "attention_lambda": self.attention_lambda,
             "plugin_hash": self.plugin_hash, "weights": bool(self.config.weights),
             **({"cpu_threads": self.threads} if self.device.type == "cpu" else {}),
+            "kernels": KERNELS,
             # float32 cells keep the ids they had before precision was a choice.
             **({"precision": self.precision} if self.precision != DEFAULT_PRECISION else {}),
         }
@@ -214,18 +216,20 @@ def resolve(config: CellConfig, bundle: DatasetBundle | None = None) -> Resolved
 
 
 @contextmanager
-def cell_threads(cell: ResolvedCell) -> Iterator[None]:
-    """Run a CPU cell's training or evaluation with the thread count of its identity (restored after),
-    so that the same cell id always means the same numbers whoever calls."""
-    if cell.device.type != "cpu" or torch.get_num_threads() == cell.threads:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cell.threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def cell_runtime(cell: ResolvedCell) -> Iterator[None]:
+    """Run a cell's training or evaluation as its identity says: with deterministic kernels
+    (:mod:`benchmark.determinism`) and, on CPU, the cell's thread count (both restored after), so
+    that the same cell id always means the same numbers whoever calls."""
+    with deterministic_kernels():
+        if cell.device.type != "cpu" or torch.get_num_threads() == cell.threads:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(cell.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 def default_attack_names() -> tuple[str, ...]:
@@ -243,7 +247,7 @@ def train_or_load(cell: ResolvedCell, results_dir: Path, *, progress: bool = Tru
         loaded = cell.load_checkpoint(path)
         if loaded is not None:
             return loaded
-    with cell_threads(cell):
+    with cell_runtime(cell):
         seed_everything(cell.config.seed)
         model = cell.new_model()
         resume = None if retrain else load_training_state(partial, cell.train_id)
@@ -298,7 +302,7 @@ class CellOutput:
 def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
                   queries: int | str | None = None) -> CellOutput:
     """Evaluate the cell (:func:`_evaluate_cell`) with the thread count of its identity."""
-    with cell_threads(cell):
+    with cell_runtime(cell):
         return _evaluate_cell(cell, trained, progress=progress, queries=queries)
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from attacks.audit import AuditSpec, Surrogate, run_audit, verdicts
 
 from . import store
-from .cell import CellConfig, ResolvedCell, cell_threads, resolve, train_or_load
+from .cell import CellConfig, ResolvedCell, cell_runtime, resolve, train_or_load
 from .checkpoints import TrainedModel, check_weights
 from .embedding import embed_split
 from .errors import BenchmarkError
@@ -79,7 +79,7 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
     trained: TrainedModel = train_or_load(cell, results_dir, progress=progress)
     same_model = check_weights(trained, standard.rows, f"audit of {cell.entry} seed {cell.config.seed} on "
                                                        f"{cell.bundle.name}")
-    with cell_threads(cell):  # the gallery and the attacks with the thread count of the cell's identity
+    with cell_runtime(cell):  # the gallery and the attacks with the thread count of the cell's identity
         model = trained.model.to(cell.device).eval()
         gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
                           cell.bundle.test.labels.to(cell.device))

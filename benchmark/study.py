@@ -35,7 +35,7 @@ import pandas as pd
 
 from . import locks, store
 from .atomic import atomic_write
-from .cell import CellConfig, cell_threads, resolve, train_or_load
+from .cell import CellConfig, cell_runtime, resolve, train_or_load
 from .checkpoints import check_weights
 from .embedding import embed_split
 from .errors import BenchmarkError
@@ -167,7 +167,7 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
             trained = train_or_load(cell, results_dir, progress=progress)
             check_weights(trained, standard.rows, f"study of {cell.entry} seed {cell.config.seed} on "
                                                   f"{cell.bundle.name}")
-            with cell_threads(cell):
+            with cell_runtime(cell):
                 model = trained.model.to(cell.device).eval()
                 gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
                                   cell.bundle.test.labels.to(cell.device))

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DatasetBundle, SPC2Sampler, Split
 from .defense_api import Defense, TrainContext, defense_pgd_steps
+from .determinism import deterministic_kernels
 from .errors import BenchmarkError
 from .losses import mine_random
 from .models import EmbeddingModel, optimizer_settings
@@ -137,6 +138,7 @@ def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@deterministic_kernels()
 def train_model(
     model: EmbeddingModel,
     bundle: DatasetBundle,
@@ -158,7 +160,8 @@ def train_model(
     ``on_epoch(state)`` is called after every epoch but the last with a :class:`TrainingState`
     (not for a defense whose state is not plain: :func:`defense_state`); ``resume`` continues from
     one, and the weights it ends with are the same, bit for bit, as an uninterrupted run's with
-    the same thread count. ``history.train_seconds`` counts the training time of every part."""
+    the same thread count. ``history.train_seconds`` counts the training time of every part.
+    Runs with deterministic kernels (:mod:`benchmark.determinism`)."""
     device = torch.device(device)
     split = train_split if train_split is not None else bundle.train
     if preset.max_train_images is not None and len(split) > preset.max_train_images:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmark import store
-from benchmark.cell import CellConfig, cell_threads, resolve, train_or_load
+from benchmark.cell import CellConfig, cell_runtime, resolve, train_or_load
 from benchmark.checkpoints import WEIGHTS_METRIC, TrainedModel, check_weights, stored_weights, weights_sha256
 from benchmark.errors import BenchmarkError
 from benchmark.locks import CellLock
@@ -134,6 +134,6 @@ def test_cpu_thread_count_is_part_of_the_identity_and_is_used(monkeypatch):
         resolve(CellConfig("digits", "nt", preset="smoke", threads=0))
     previous = torch.get_num_threads()
     seen = []
-    with cell_threads(one):
+    with cell_runtime(one):
         seen.append(torch.get_num_threads())
     assert seen == [1] and torch.get_num_threads() == previous

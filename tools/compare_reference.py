@@ -157,7 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     print("\nvalues after the attack (last round; each side draws its own candidates)")
     print("reference:", {k: {m: round(v, 4) for m, v in d.items()} for k, d in ref_values.items()})
     print("ours:     ", {k: round(v, 4) for k, v in our_values.items()})
+    # GTM's target differs by design (REFERENCE §2.6: RobRank uses a position inside the subset of
+    # other-label items as a gallery index); our loop with that index shows whether this is all of it.
+    bug_compatible = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, [_reference_index_gtm()],
+                                 profile.pgd_config(), query_index=query_index, batch_size=cell.preset.attack_batch,
+                                 seed=cell.config.seed, device="cpu", progress=False)
+    print(f"GTM with RobRank's target index (our loop): {bug_compatible.after['GTM']:.4f}; "
+          f"reference {ref_values['GTM']}; ours (correct index) {our_values['GTM']:.4f}")
     return 0
+
+
+def _reference_index_gtm():
+    """Our GTM with RobRank's target index: the nearest other-label item's position among the
+    other-label items (gallery order), used as a gallery index (REFERENCE §2.6, the index bug)."""
+    from attacks.misrank import GreedyTop1MisrankAttack
+
+    class ReferenceIndexGTM(GreedyTop1MisrankAttack):
+        def select(self, index, gallery, generator):
+            selection = super().select(index, gallery, generator)
+            other = gallery.labels.unsqueeze(0) != selection["predicted"].unsqueeze(1)
+            position = other.long().cumsum(1).gather(1, selection["target"].unsqueeze(1)).squeeze(1) - 1
+            return {**selection, "target": position}
+
+    return ReferenceIndexGTM()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,23 @@ class ResolvedCell:
         return set_precision(make_model(self.model_name, in_channels=self.bundle.in_channels,
                                         weights=self.config.weights), self.precision)
 
+    def clean_gallery(self, model: torch.nn.Module, embeddings: torch.Tensor | None = None) -> Any:
+        """The clean gallery every attack on this cell ranks against: the test split embedded once by
+        ``model`` (``embeddings`` when already computed), on the cell's device."""
+        from attacks.base import Gallery
+
+        if embeddings is None:
+            embeddings = embed_split(model, self.bundle.test, device=self.device)
+        return Gallery(embeddings, self.bundle.test.labels.to(self.device))
+
+    def query_index(self, budget: int | None | str = "preset") -> torch.Tensor:
+        """The test images the attacks perturb: the preset's seeded selection (``budget`` overrides
+        the preset's count; None: every test image)."""
+        from attacks.runner import select_queries
+
+        count = self.preset.attack_queries if budget == "preset" else budget
+        return select_queries(len(self.bundle.test), count, self.config.seed)
+
     def load_checkpoint(self, path: Path) -> TrainedModel | None:
         """This cell's trained model from ``path``; ``None`` when the file is corrupt or another cell's."""
         return load_checkpoint(path, self.train_id, self.new_model, self.device)
@@ -315,7 +332,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     """
     import pandas as pd
 
-    from attacks.runner import run_attacks, select_queries
+    from attacks.runner import run_attacks
 
     from .registry import ATTACKS
     from .robustness_scores import (
@@ -338,13 +355,9 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     model = trained.model.to(cell.device).eval()
     gallery_embeddings = embed_split(model, cell.bundle.test, device=cell.device)
     benign = benign_metrics(cell, model, gallery_embeddings)
-
-    from attacks.base import Gallery
-
-    gallery = Gallery(gallery_embeddings, cell.bundle.test.labels.to(cell.device))
+    gallery = cell.clean_gallery(model, gallery_embeddings)
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names]
-    budget = cell.preset.attack_queries if queries is None else (None if queries == "all" else int(queries))
-    query_index = select_queries(len(cell.bundle.test), budget, cell.config.seed)
+    query_index = cell.query_index("preset" if queries is None else (None if queries == "all" else int(queries)))
     report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, cell.profile.pgd_config(),
                          query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
                          device=cell.device, progress=progress, strong=cell.strong)

@@ -29,7 +29,6 @@ from attacks.audit import AuditSpec, Surrogate, run_audit, verdicts
 from . import store
 from .cell import CellConfig, ResolvedCell, cell_runtime, resolve, train_or_load
 from .checkpoints import TrainedModel, check_weights
-from .embedding import embed_split
 from .errors import BenchmarkError
 from .registry import ATTACKS
 from .robustness_scores import ARS_KEYS, ERS_KEYS, ars_mean, ers
@@ -61,8 +60,6 @@ def plan_audit(config: CellConfig, spec: AuditSpec, *, bundle: Any = None) -> tu
 def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, progress: bool = True,
                bundle: Any = None) -> pd.DataFrame:
     """Audit one stored cell and return the audit's rows (writing them is :func:`store.write_audit`'s job)."""
-    from attacks.base import Gallery
-    from attacks.runner import select_queries
 
     results_dir = Path(results_dir)
     cell, surrogate_cell, identity = plan_audit(config, spec, bundle=bundle)
@@ -81,17 +78,15 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
                                                        f"{cell.bundle.name}")
     with cell_runtime(cell):  # the gallery and the attacks with the thread count of the cell's identity
         model = trained.model.to(cell.device).eval()
-        gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
-                          cell.bundle.test.labels.to(cell.device))
+        gallery = cell.clean_gallery(model)
         surrogate = None
         if surrogate_cell.train_id != cell.train_id:
             source = train_or_load(surrogate_cell, results_dir, progress=progress).model.to(cell.device).eval()
-            surrogate = Surrogate(source, Gallery(embed_split(source, cell.bundle.test, device=cell.device),
-                                                  cell.bundle.test.labels.to(cell.device)))
+            surrogate = Surrogate(source, cell.clean_gallery(source))
         start = time.perf_counter()
         model_seconds = start - loading
         attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
-        query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+        query_index = cell.query_index()
         report = run_audit(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs,
                            cell.profile.pgd_config(), spec,
                            query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,

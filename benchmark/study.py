@@ -37,7 +37,6 @@ from . import locks, store
 from .atomic import atomic_write
 from .cell import CellConfig, cell_runtime, resolve, train_or_load
 from .checkpoints import check_weights
-from .embedding import embed_split
 from .errors import BenchmarkError
 from .presets import AttackProfile
 from .registry import ATTACKS
@@ -143,8 +142,7 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
               bundle: Any = None) -> pd.DataFrame:
     """Study one stored cell (see the module docstring); returns all its rows, computing only the
     attacks not stored yet. Raises when another live process holds the study's lock."""
-    from attacks.base import Gallery
-    from attacks.runner import attack_queries, select_queries
+    from attacks.runner import attack_queries
 
     results_dir = Path(results_dir)
     cell = resolve(config, bundle=bundle)
@@ -172,9 +170,8 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
                                                   f"{cell.bundle.name}")
             with cell_runtime(cell):
                 model = trained.model.to(cell.device).eval()
-                gallery = Gallery(embed_split(model, cell.bundle.test, device=cell.device),
-                                  cell.bundle.test.labels.to(cell.device))
-                query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+                gallery = cell.clean_gallery(model)
+                query_index = cell.query_index()
                 runs = study_runs(cell.profile, spec)
                 for attack in todo:
                     start = time.perf_counter()

@@ -90,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
 
-    from attacks.base import Gallery
-    from attacks.runner import run_attacks, select_queries
+    from attacks.runner import run_attacks
     from benchmark.cell import CellConfig, resolve, train_or_load
-    from benchmark.embedding import embed_split
     from benchmark.registry import ATTACKS
 
     AdvRank = import_reference(args.robrank.resolve())
@@ -103,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = train_or_load(cell, Path(args.results), progress=False)
     model = trained.model.eval()
     profile = cell.profile
-    with torch.no_grad():  # the process already runs with the cell's thread count
-        gallery = Gallery(embed_split(model, cell.bundle.test), cell.bundle.test.labels)
-    query_index = select_queries(len(cell.bundle.test), cell.preset.attack_queries, cell.config.seed)
+    gallery = cell.clean_gallery(model)  # the process already runs with the cell's thread count
+    query_index = cell.query_index()
     batches = [query_index[i:i + cell.preset.attack_batch]
                for i in range(0, len(query_index), cell.preset.attack_batch)]
     images = [cell.bundle.test.batch(b) for b in batches]

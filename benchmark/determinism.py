@@ -30,14 +30,16 @@ import torch.utils.deterministic
 # before the kernels were deterministic get other ids and are never reused as if they were.
 KERNELS = "deterministic"
 
+# cuBLAS is deterministic only with a fixed workspace, read when CUDA makes its first cuBLAS handle:
+# set on import (every training and attack path imports this module before touching CUDA).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 
 @contextmanager
 def deterministic_kernels() -> Iterator[None]:
     """Run the body with PyTorch's deterministic algorithms (warn only); restore the previous mode after."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.utils.deterministic.fill_uninitialized_memory)
-    # cuBLAS needs a fixed workspace to be deterministic; only effective before CUDA's first cuBLAS call.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:

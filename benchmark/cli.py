@@ -49,6 +49,10 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _join(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def _csv(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -185,14 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "at each PGD budget, the APGD schedule and random restarts (resumable)")
     _cell_args(p)
     _common(p)
+    from .study import StudySpec
+
+    study = StudySpec()
     p.add_argument("--budgets", type=_csv, default=None, metavar="K,K,...",
-                   help="increasing PGD step counts the fixed-step run records (default 32,64,128,256; add 512 where 128 to 256 still moves ERS)")
-    p.add_argument("--restarts", type=_count, default=1, metavar="R",
-                   help="random-start runs, 0 or more (default 1)")
+                   help=f"increasing PGD step counts the fixed-step run records (default {_join(study.budgets)}; "
+                        "add 512 where 128 to 256 still moves ERS)")
+    p.add_argument("--restarts", type=_count, default=study.restarts, metavar="R",
+                   help=f"random-start runs, 0 or more (default {study.restarts})")
     p.add_argument("--restart-budget", type=_count, default=None, metavar="K",
-                   help="steps of each random-start run (default 32; at most the longest budget)")
+                   help=f"steps of each random-start run (default {study.restart_steps}; at most the longest budget)")
     p.add_argument("--apgd-budgets", type=_csv, default=None, metavar="K,K,...",
-                   help="one APGD-schedule run per budget (default 64,256)")
+                   help=f"one APGD-schedule run per budget (default {_join(study.apgd_budgets)})")
     p.add_argument("--no-apgd", action="store_true", help="leave out the APGD-schedule runs")
     p.add_argument("--threads", type=_threads, default=None, metavar="N",
                    help="torch CPU threads: the count the cell was run with (it is part of a CPU cell's id)")

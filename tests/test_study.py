@@ -102,8 +102,8 @@ def test_study_spec_rejects_bad_budgets():
         StudySpec(budgets=(32, 64), restart_budget=128)
     with pytest.raises(BenchmarkError, match="apgd budgets must be increasing positive"):
         StudySpec(apgd_budgets=(256, 64))
-    # The default's cost: 256 fixed + one 32-step restart + APGD at 64 and 256 steps per query batch.
-    assert StudySpec().steps == 256 + 32 + 64 + 256
+    # The default's cost: 256 fixed + one 32-step restart + APGD at 64, 128 and 256 steps per query batch.
+    assert StudySpec().steps == 256 + 32 + 64 + 128 + 256
     assert StudySpec(restart_budget=None, restarts=2, apgd_budgets=()).steps == 3 * 256
 
 

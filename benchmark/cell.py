@@ -166,12 +166,12 @@ class ResolvedCell:
             embeddings = embed_split(model, self.bundle.test, device=self.device)
         return Gallery(embeddings, self.bundle.test.labels.to(self.device))
 
-    def query_index(self, budget: int | None | str = "preset") -> torch.Tensor:
-        """The test images the attacks perturb: the preset's seeded selection (``budget`` overrides
-        the preset's count; None: every test image)."""
+    def query_index(self, queries: int | str | None = None) -> torch.Tensor:
+        """The test images the attacks perturb, a seeded selection: the preset's count (``None``),
+        ``queries`` of them, or every test image (``"all"``)."""
         from attacks.runner import select_queries
 
-        count = self.preset.attack_queries if budget == "preset" else budget
+        count = self.preset.attack_queries if queries is None else (None if queries == "all" else int(queries))
         return select_queries(len(self.bundle.test), count, self.config.seed)
 
     def load_checkpoint(self, path: Path) -> TrainedModel | None:
@@ -318,7 +318,7 @@ class CellOutput:
 
 def evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool = True,
                   queries: int | str | None = None) -> CellOutput:
-    """Evaluate the cell (:func:`_evaluate_cell`) with the thread count of its identity."""
+    """Evaluate the cell (:func:`_evaluate_cell`) as its identity says (:func:`cell_runtime`)."""
     with cell_runtime(cell):
         return _evaluate_cell(cell, trained, progress=progress, queries=queries)
 
@@ -357,7 +357,7 @@ def _evaluate_cell(cell: ResolvedCell, trained: TrainedModel, *, progress: bool 
     benign = benign_metrics(cell, model, gallery_embeddings)
     gallery = cell.clean_gallery(model, gallery_embeddings)
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names]
-    query_index = cell.query_index("preset" if queries is None else (None if queries == "all" else int(queries)))
+    query_index = cell.query_index(queries)
     report = run_attacks(model, lambda idx: cell.bundle.test.batch(idx), gallery, attack_objs, cell.profile.pgd_config(),
                          query_index=query_index, batch_size=cell.preset.attack_batch, seed=cell.config.seed,
                          device=cell.device, progress=progress, strong=cell.strong)

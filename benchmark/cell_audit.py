@@ -76,7 +76,7 @@ def audit_cell(config: CellConfig, results_dir: str | Path, spec: AuditSpec, *, 
     trained: TrainedModel = train_or_load(cell, results_dir, progress=progress)
     same_model = check_weights(trained, standard.rows, f"audit of {cell.entry} seed {cell.config.seed} on "
                                                        f"{cell.bundle.name}")
-    with cell_runtime(cell):  # the gallery and the attacks with the thread count of the cell's identity
+    with cell_runtime(cell):  # the gallery and the attacks with the cell's thread count and kernels
         model = trained.model.to(cell.device).eval()
         gallery = cell.clean_gallery(model)
         surrogate = None

@@ -47,11 +47,27 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
+    """The device as recorded in every row. For a CPU: its model name and the thread count, because
+    both change the numbers (the same seed trains bit-identical weights on the same CPU family and
+    thread count; another vendor's kernels round differently and the difference compounds)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor or machine."""
     import platform
 
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 
 from attacks.audit import AuditSpec
 from benchmark.report import build_boards, render_leaderboards
-from benchmark.report.convergence import settled_budget
+from benchmark.report.convergence import ensemble_name, settled_budget
 from benchmark.report.intervals import ers_of_means, rank_intervals
 from benchmark.report.ranking import (
     DROP_KEY,
@@ -26,7 +26,7 @@ from benchmark.report.ranking import (
     score_label,
 )
 from benchmark.robustness_scores import ERS_KEYS, RANKED_SCORE, ROBRANK_SCORE, STRONG_SCORE, ers
-from benchmark.strong_eval import candidate_table, choose_ensemble
+from benchmark.strong_eval import DEFAULT_STRONG, candidate_table, choose_ensemble
 from benchmark.study import COLUMNS as STUDY_COLUMNS
 
 
@@ -216,7 +216,8 @@ def test_rank_interval_bootstrap_is_fast_on_a_full_board():
 # Convergence section
 
 FIXED_BEST = {32: 30.0, 64: 25.0, 128: 22.0, 256: 21.8, 512: 21.7}  # stops moving at 128
-APGD_BEST = {64: 22.3, 256: 21.5}
+APGD_BEST = {64: 22.3, 128: 21.9, 256: 21.5}
+RESTART_BEST = {32: 23.0}
 
 
 def study_rows(results: pd.DataFrame, queries: pd.DataFrame, entry: str, seed: int, *, cell_id: str | None = None,
@@ -231,6 +232,7 @@ def study_rows(results: pd.DataFrame, queries: pd.DataFrame, entry: str, seed: i
     parts = []
     runs = [("fixed", "pgd", b, v, v + 2.0) for b, v in FIXED_BEST.items()]
     runs += [(f"apgd:{b}", "apgd", b, v, v + 1.0) for b, v in APGD_BEST.items()]
+    runs += [("restart:1", "pgd", b, v, v + 1.0) for b, v in RESTART_BEST.items()]
     for run, method, budget, best, last in runs:
         best_values, last_values = tr.attack_values(best + shift), tr.attack_values(last + shift)
         for metric in directions.index:
@@ -271,9 +273,11 @@ def test_convergence_section_present_with_studies_and_absent_without(tmp_path):
     expected = choose_ensemble(pd.concat([candidate_table(studies[studies["entry"] == e]) for e in ("act", "hm")]))
     assert f"is {expected['ensemble']}: {expected['steps']} PGD steps per query batch" in section.choice
     assert f"{expected['steps'] / 32:.1f}× the standard 32" in section.choice
-    assert "The board's Strong ERS uses strong-v1" in section.choice
-    assert "Strong, in use: fixed 64 + apgd 64" in section.headers
-    assert act["Strong, in use: fixed 64 + apgd 64"] == "22.3"
+    assert f"The board's Strong ERS uses {DEFAULT_STRONG.id}" in section.choice
+    in_use = f"Strong, in use: {ensemble_name(DEFAULT_STRONG)}"
+    assert in_use == "Strong, in use: fixed 128 + restart 32 + apgd 128" and in_use in section.headers
+    assert act[in_use] == "21.9"  # the per-query worst case over fixed 128 (22.0), restart 32 (23.0), APGD 128 (21.9)
+    assert "within the 1-point limit for every studied cell" in section.choice
 
     files = render_leaderboards(results, None, tmp_path / "with", queries=queries, studies=studies)
     html = next(f for f in files if f.name == f"{board.key.slug}.html").read_text(encoding="utf-8")

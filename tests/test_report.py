@@ -24,6 +24,7 @@ from benchmark.report import (
 )
 from benchmark.robustness_scores import ARS_KEYS, ars, ars_mean, ers, ers_robrank, whm
 from benchmark.schema import ALL_COLUMNS, COLUMN_TYPES, TELEMETRY_COLUMNS
+from benchmark.strong_eval import DEFAULT_STRONG
 
 
 def described(attack: str, metric: str) -> dict:
@@ -98,7 +99,7 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
                 "faiss_version": "1.8.0", "device_name": "cpu (2 threads)", "config_hash": cell_id,
                 "created_at": start + timedelta(hours=spec_index, minutes=seed),
                 "metric_label": "", "direction": "", "decimals": 4, "meaning": "", "attack_params": "",
-                "attack_plugin_hash": "", "strong_eval": "strong-v1" if spec.strong else "",
+                "attack_plugin_hash": "", "strong_eval": DEFAULT_STRONG.id if spec.strong else "",
             }
 
             def add(attack, metric, value, variant="", base=base, **extra):
@@ -153,7 +154,7 @@ def synthetic_store(specs: list[EntrySpec], *, dataset: str = "digits", preset: 
     return frame, pd.DataFrame(telemetry, columns=TELEMETRY_COLUMNS)
 
 
-STRONG_MEANING = "strong-v1: per-query worst case over fixed-step PGD 64 steps (best iterate), APGD 64 steps"
+STRONG_MEANING = DEFAULT_STRONG.describe().split("; ")[0]
 # Per-query noise of each attack value (zero mean over a cell's queries, so the means stay exact).
 QUERY_NOISE = {"CA+": 8.0, "CA-": 8.0, "QA+": 8.0, "QA-": 8.0, "TMA": 0.08, "TMA-centred": 0.08, "ES:D": 0.15,
                "ES:D-rel": 0.15, "ES:R": 8.0, "LTM": 8.0, "GTM": 8.0, "GTT": 8.0}

@@ -5,6 +5,7 @@ study's; its per-query values stored and checked like a cell; the ensemble chose
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from benchmark.registry import ATTACKS
 from benchmark.robustness_scores import ERS_KEYS, ERS_TERMS, ers
 from benchmark.schema import QUERY_COLUMNS
 from benchmark.strong_eval import (
+    CHOICE_LIMIT,
     DEFAULT_STRONG,
     GAP_LIMIT,
     StrongSpec,
@@ -34,6 +36,7 @@ from benchmark.strong_eval import (
 )
 
 ROB28 = PROFILES["rob28"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,26 @@ def test_strong_runs_cover_the_standard_run():
     assert all(r.record == (r.config.steps,) for r in runs[3:])
     # A fixed run shorter than the standard one is lengthened to it.
     assert strong_runs(config, StrongSpec(fixed_steps=8, apgd_budgets=()))[0].config.steps == 32
-    assert DEFAULT_STRONG.steps(32) <= 4 * 32
+
+
+def test_default_ensemble_is_the_choice_of_the_committed_digits_studies():
+    """DEFAULT_STRONG is what choose_ensemble picks from the stored digits study v4 (all built-in
+    entries, seed 0), and every studied entry is within GAP_LIMIT of its strongest measured."""
+    from benchmark.matrix import builtin_defense_names
+    from benchmark.report.convergence import ensemble_name
+    from benchmark.study import load_studies
+
+    entries = builtin_defense_names()
+    current = {resolve(CellConfig("digits", e, seed=0, threads=2, strong=False)).cell_id for e in entries}
+    rows = load_studies(REPO / "results", "digits")
+    rows = rows[rows["cell_id"].isin(current)]  # the studies of today's models (older ones are kept)
+    assert sorted(rows["entry"].unique()) == sorted(entries)
+    table = candidate_table(rows)
+    chosen = choose_ensemble(table)
+    assert chosen["ensemble"] == ensemble_name(DEFAULT_STRONG)
+    assert chosen["steps"] == DEFAULT_STRONG.steps(32)
+    in_use = table[table["ensemble"] == ensemble_name(DEFAULT_STRONG)]
+    assert len(in_use) == len(entries) and in_use["gap"].max() <= CHOICE_LIMIT < GAP_LIMIT
 
 
 @pytest.mark.parametrize("kwargs", [dict(fixed_steps=0), dict(restarts=1), dict(apgd_budgets=(64, 32)),

@@ -112,7 +112,7 @@ def convergence_section(study_rows: pd.DataFrame, entries: Sequence[str], *, sta
     complete study. ``entries`` in board order; ``strong_ids``/``strong_meaning``: the strong
     evaluation the board's cells carry (its id and the ``meaning`` of their Strong ERS rows);
     ``draw``: False leaves the figure's PNG out."""
-    from ..strong_eval import DEFAULT_STRONG, GAP_LIMIT, candidate_table, choose_ensemble
+    from ..strong_eval import CHOICE_LIMIT, DEFAULT_STRONG, GAP_LIMIT, candidate_table, choose_ensemble
     from ..study import study_curves
     from .plots import plot_convergence
 
@@ -184,25 +184,29 @@ def convergence_section(study_rows: pd.DataFrame, entries: Sequence[str], *, sta
 
     parts = []
     if chosen is not None:
-        parts.append(f"The cheapest candidate ensemble within {GAP_LIMIT:g} ERS point of the strongest measured for "
-                     f"every studied cell is {chosen['ensemble']}: {chosen['steps']} PGD steps per query batch, "
+        parts.append(f"The cheapest candidate ensemble within {CHOICE_LIMIT:g} ERS point of the strongest measured "
+                     f"for every studied cell (half the {GAP_LIMIT:g}-point limit every entry must meet, a margin for "
+                     f"entries studied after the choice) is {chosen['ensemble']}: {chosen['steps']} PGD steps per query batch, "
                      f"{chosen['steps'] / standard_steps:.1f}× the standard {standard_steps}; its worst gap over the "
                      f"{len(per_cell)} studied cell{'s' if len(per_cell) != 1 else ''} is "
                      f"{chosen['worst_gap']:.2f} ERS points (mean {chosen['mean_gap']:.2f})"
                      + (f"; it can be formed from the runs of only {chosen['entries']} of them" if
                         chosen["entries"] < len(candidates[["entry", "seed"]].drop_duplicates()) else "") + ".")
     else:
-        parts.append(f"No candidate ensemble of these studies' runs comes within {GAP_LIMIT:g} ERS point of the "
+        parts.append(f"No candidate ensemble of these studies' runs comes within {CHOICE_LIMIT:g} ERS point of the "
                      "strongest measured for every studied cell: the studies need longer runs.")
     if strong_meaning:
         parts.append(f"The board's Strong ERS uses {strong_meaning}.")
-    if in_use and chosen is not None and in_use != chosen["ensemble"]:
+    if in_use:
         gaps = candidates[candidates["ensemble"] == in_use]["gap"]
-        if len(gaps):
-            parts.append(f"That ensemble ({in_use}) is not the one these studies would choose; its worst gap here is "
-                         f"{gaps.max():.2f} ERS points.")
-        else:
+        differs = chosen is None or in_use != chosen["ensemble"]
+        if not len(gaps):
             parts.append(f"That ensemble ({in_use}) cannot be formed from these studies' runs.")
+        else:
+            verdict = (f"within the {GAP_LIMIT:g}-point limit for every studied cell" if gaps.max() <= GAP_LIMIT
+                       else f"outside the {GAP_LIMIT:g}-point limit: this board's Strong ERS is not converged")
+            parts.append((f"That ensemble ({in_use}) is not the one these studies would choose; its" if differs
+                          else "Its") + f" worst gap here is {gaps.max():.2f} ERS points, {verdict}.")
     choice = " ".join(parts)
 
     figure = plot_convergence(mean_curves, ordered, colors or {}, standard_steps) if draw \

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import BenchmarkError
-from .stopping import handle_stop_signals
+from .stopping import exit_interrupted, handle_stop_signals
 
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
+        if argv is None:
+            exit_interrupted()
         return 130
 
 

@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        with _one_line_warnings():
+        from .datasets.base import dataset_progress
+
+        with _one_line_warnings(), dataset_progress(not getattr(args, "quiet", False)):
             return COMMANDS[args.command](args)
     except BenchmarkError as exc:
         print(f"rrb: error: {exc}", file=sys.stderr)

@@ -442,3 +442,30 @@ def test_spc2_sampler_reproducible_from_the_generator_and_uniform_partners():
 def test_spc2_sampler_needs_two_classes_with_pairs():
     with pytest.raises(BenchmarkError):
         SPC2Sampler(torch.tensor([0, 0, 1]), batch_pairs=2, generator=torch.Generator())
+
+
+def test_quiet_hides_the_decoding_bar(tmp_path, capsys, monkeypatch):
+    """`--quiet` means no progress bars, the loaders' decoding bar included (it filled the reference
+    runs' logs); without it the bar is shown."""
+    from benchmark import cli
+    from benchmark.datasets.base import dataset_progress
+
+    make_omniglot_folders(tmp_path / "data")
+    with dataset_progress(False):
+        load_dataset("omniglot", tmp_path / "data", cache_dir=tmp_path / "quiet")
+    assert "decoding omniglot" not in capsys.readouterr().err
+    clear_dataset_memo()
+    load_dataset("omniglot", tmp_path / "data", cache_dir=tmp_path / "loud")
+    assert "decoding omniglot" in capsys.readouterr().err
+
+    seen = []
+
+    def train(args):  # stands in for `rrb train`: loads the dataset as the command would
+        clear_dataset_memo()
+        load_dataset("omniglot", tmp_path / "data", cache_dir=tmp_path / f"cli{len(seen)}")
+        seen.append("decoding omniglot" in capsys.readouterr().err)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "train", train)
+    assert cli.main(["train", "--quiet"]) == 0 and cli.main(["train"]) == 0
+    assert seen == [False, True]

@@ -144,7 +144,24 @@ def _thread_count() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+_SHOW_PROGRESS = [True]
+
+
+class dataset_progress:
+    """``with dataset_progress(False):`` hides the loaders' decoding bars (``rrb ... --quiet``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.previous = _SHOW_PROGRESS[0]
+        _SHOW_PROGRESS[0] = self.enabled
+
+    def __exit__(self, *exc: object) -> None:
+        _SHOW_PROGRESS[0] = self.previous
+
+
 def _progress(iterable: Iterable, total: int, desc: str) -> Iterator:
     from tqdm.auto import tqdm
 
-    return iter(tqdm(iterable, total=total, desc=desc, leave=False, unit="img"))
+    return iter(tqdm(iterable, total=total, desc=desc, leave=False, unit="img", disable=not _SHOW_PROGRESS[0]))

@@ -36,7 +36,7 @@ import pandas as pd
 from . import locks, store
 from .atomic import atomic_write
 from .cell import CellConfig, cell_runtime, resolve, train_or_load
-from .checkpoints import check_weights
+from .checkpoints import check_weights, stored_weights, weights_sha256
 from .errors import BenchmarkError
 from .presets import AttackProfile
 from .registry import ATTACKS
@@ -44,7 +44,10 @@ from .robustness_scores import ers, ers_robrank
 
 STUDIES_DIR = "studies"
 COLUMNS = ["dataset", "cell_id", "study_id", "entry", "seed", "attack", "run", "method", "budget", "query",
-           "metric", "direction", "best", "last"]
+           "metric", "direction", "best", "last", "weights"]
+# Studies stored before the studied model's weights digest was recorded (``weights`` then reads as
+# missing; ``tools/backfill_study_weights.py`` attributes them to the stored cell they reproduce).
+LEGACY_COLUMNS = COLUMNS[:-1]
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,19 @@ class StudySpec:
         return {**asdict(self), "budgets": list(self.budgets), "apgd_budgets": list(self.apgd_budgets)}
 
 
-def study_id(cell_id: str, spec: StudySpec) -> str:
+def study_id(cell_id: str, spec: StudySpec, weights: str | None = None) -> str:
     """The study's key: ``cell_id`` is the cell's standard id (``ResolvedCell.standard_id``: training,
-    profile and suite, not the strong evaluation's version, which does not change what a study measures)."""
+    profile and suite, not the strong evaluation's version, which does not change what a study measures)
+    and ``weights`` the studied model's weights digest: one cell id can name models with other weights
+    (trained on CPUs of another vendor, README: The results store), and each is its own study.
+    ``None`` (a cell stored without a digest) gives the key studies had before digests were recorded."""
     payload = {"cell_id": cell_id, "study": spec.to_dict()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return weighted_study_id(hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest(), weights)
+
+
+def weighted_study_id(legacy_id: str, weights: str | None) -> str:
+    """The key of the study ``legacy_id`` (the key without weights) of the model ``weights``."""
+    return legacy_id if weights is None else hashlib.sha256(f"{legacy_id}|{weights}".encode()).hexdigest()
 
 
 def study_dir(results_dir: str | os.PathLike, dataset: str, identity: str) -> Path:
@@ -135,6 +146,8 @@ def _read(path: Path) -> pd.DataFrame | None:
         frame = pd.read_parquet(path)
     except Exception:  # missing or truncated: the attack is recomputed
         return None
+    if list(frame.columns) == LEGACY_COLUMNS:
+        frame = frame.assign(weights=pd.Series(pd.NA, index=frame.index, dtype="string"))
     return frame if list(frame.columns) == COLUMNS and len(frame) else None
 
 
@@ -154,20 +167,30 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
     else:
         raise BenchmarkError(f"cannot study {cell.entry} seed {cell.config.seed} on {cell.bundle.name}: its cell is "
                              f"not in {results_dir} ({standard.problem}); run it first with `rrb run`")
-    identity = study_id(cell.standard_id, spec)
-    directory = study_dir(results_dir, cell.bundle.name, identity)
     attack_objs = [ATTACKS.create(name) for name in cell.attack_names if not ATTACKS.get(name).is_plugin]
-    frames = {a.name: _read(_attack_file(directory, a.name)) for a in attack_objs}
-    todo = [a for a in attack_objs if frames[a.name] is None]
+    weights = stored_weights(standard.rows)  # the model the stored cell evaluated
+
+    def stored(digest: str | None) -> tuple[str, Path, dict, list]:
+        identity = study_id(cell.standard_id, spec, digest)
+        directory = study_dir(results_dir, cell.bundle.name, identity)
+        frames = {a.name: _read(_attack_file(directory, a.name)) for a in attack_objs}
+        return identity, directory, frames, [a for a in attack_objs if frames[a.name] is None]
+
+    identity, directory, frames, todo = stored(weights)
+    if todo:
+        trained = train_or_load(cell, results_dir, progress=progress)
+        if not check_weights(trained, standard.rows, f"study of {cell.entry} seed {cell.config.seed} on "
+                                                     f"{cell.bundle.name}"):
+            weights = weights_sha256(trained.model)  # another model: studied as what it is, under its own key
+            identity, directory, frames, todo = stored(weights)
+        elif weights is None:
+            weights = weights_sha256(trained.model)
     if todo:
         lock = locks.CellLock.acquire_path(directory.with_suffix(".lock"))
         if lock is None:
             raise BenchmarkError(f"the study of {cell.entry} seed {cell.config.seed} on {cell.bundle.name} is being "
                                  f"computed by another process (lock {directory.with_suffix('.lock')})")
         with lock:
-            trained = train_or_load(cell, results_dir, progress=progress)
-            check_weights(trained, standard.rows, f"study of {cell.entry} seed {cell.config.seed} on "
-                                                  f"{cell.bundle.name}")
             with cell_runtime(cell):
                 model = trained.model.to(cell.device).eval()
                 gallery = cell.clean_gallery(model)
@@ -179,14 +202,14 @@ def run_study(config: CellConfig, results_dir: str | os.PathLike, spec: StudySpe
                                              query_index=query_index, batch_size=cell.preset.attack_batch,
                                              seed=cell.config.seed, device=cell.device, progress=progress,
                                              desc=f"study {attack.name}")
-                    frame = _rows(cell, identity, attack, outcome, query_index)
+                    frame = _rows(cell, identity, attack, outcome, query_index, weights)
                     frame.attrs["seconds"] = time.perf_counter() - start
                     atomic_write(_attack_file(directory, attack.name), lambda tmp, f=frame: f.to_parquet(tmp))
                     frames[attack.name] = frame
     return pd.concat([frames[a.name] for a in attack_objs], ignore_index=True)
 
 
-def _rows(cell, identity: str, attack, outcome, query_index) -> pd.DataFrame:
+def _rows(cell, identity: str, attack, outcome, query_index, weights: str | None) -> pd.DataFrame:
     queries = query_index.tolist()
     parts = []
     for run, steps in outcome.recorded.items():
@@ -199,9 +222,10 @@ def _rows(cell, identity: str, attack, outcome, query_index) -> pd.DataFrame:
                     "best": recorded.best[key].double().cpu().numpy(), "last": recorded.last[key].double().cpu().numpy()}))
     frame = pd.concat(parts, ignore_index=True)
     for column, value in (("dataset", cell.bundle.name), ("cell_id", cell.standard_id), ("study_id", identity),
-                          ("entry", cell.entry), ("seed", cell.config.seed), ("attack", attack.name)):
+                          ("entry", cell.entry), ("seed", cell.config.seed), ("attack", attack.name),
+                          ("weights", weights)):
         frame[column] = value
-    return frame[COLUMNS].astype({"budget": "int64", "query": "int64", "seed": "int64"})
+    return frame[COLUMNS].astype({"budget": "int64", "query": "int64", "seed": "int64", "weights": "string"})
 
 
 def load_studies(results_dir: str | os.PathLike, dataset: str | None = None) -> pd.DataFrame:

@@ -221,7 +221,8 @@ RESTART_BEST = {32: 23.0}
 
 
 def study_rows(results: pd.DataFrame, queries: pd.DataFrame, entry: str, seed: int, *, cell_id: str | None = None,
-               shift: float = 0.0, other_queries: bool = False) -> pd.DataFrame:
+               shift: float = 0.0, other_queries: bool = False, weights: str | None = None,
+               study_id: str | None = None) -> pd.DataFrame:
     """One study of ``entry``/``seed``: per query and metric, attack values whose ERS terms all equal
     the curve's value (``shift`` added), so ERS of the study is exactly the curve."""
     cell = results[(results["entry"] == entry) & (results["seed"] == seed)]
@@ -237,11 +238,12 @@ def study_rows(results: pd.DataFrame, queries: pd.DataFrame, entry: str, seed: i
         best_values, last_values = tr.attack_values(best + shift), tr.attack_values(last + shift)
         for metric in directions.index:
             parts.append(pd.DataFrame({
-                "dataset": "digits", "cell_id": cell_id or cell["cell_id"].iloc[0], "study_id": f"study-{entry}-{seed}",
+                "dataset": "digits", "cell_id": cell_id or cell["cell_id"].iloc[0],
+                "study_id": study_id or f"study-{entry}-{seed}", "weights": weights,
                 "entry": entry, "seed": seed, "attack": attacks[metric], "run": run, "method": method,
                 "budget": budget, "query": query_index, "metric": metric, "direction": directions[metric],
                 "best": best_values[metric], "last": last_values[metric]}))
-    return pd.concat(parts, ignore_index=True)[STUDY_COLUMNS]
+    return pd.concat(parts, ignore_index=True)[STUDY_COLUMNS].astype({"weights": "string"})
 
 
 def test_settled_budget():
@@ -295,6 +297,42 @@ def test_convergence_section_present_with_studies_and_absent_without(tmp_path):
     assert 'id="convergence"' not in html and "Attack convergence" not in md
     (plain,) = build_boards(results, None, plots=False, queries=queries, studies=studies.iloc[0:0])
     assert plain.convergence is None
+
+
+def with_weights(results: pd.DataFrame, digests: dict[str, str]) -> pd.DataFrame:
+    """``results`` plus each named entry's seed-0 weights digest row (as a trained cell stores it)."""
+    from benchmark.checkpoints import WEIGHTS_METRIC
+
+    extra = []
+    for entry, digest in digests.items():
+        row = results[(results["entry"] == entry) & (results["seed"] == 0)].iloc[[0]].copy()
+        row["attack"], row["metric"], row["variant"], row["meaning"] = "training", WEIGHTS_METRIC, "", digest
+        row["value"] = float(int(digest[:13], 16))
+        extra.append(row)
+    return pd.concat([results, *extra], ignore_index=True)
+
+
+def test_a_study_of_other_weights_is_named_and_the_cells_own_study_preferred():
+    """One cell id can name models with other weights (CPUs of two vendors): the board takes the study
+    of its cell's own model, and says so when only another model of the recipe was studied."""
+    results, _ = tr.synthetic_store(strong_specs(), preset="quick")
+    results = with_weights(results, {"act": "a" * 64, "hm": "b" * 64})
+    queries = tr.synthetic_queries(results)
+    studies = pd.concat([
+        study_rows(results, queries, "act", 0, weights="f" * 64, study_id="act-other", shift=3.0),
+        study_rows(results, queries, "act", 0, weights="a" * 64, study_id="act-own"),
+        study_rows(results, queries, "hm", 0, weights="c" * 64, study_id="hm-other"),
+    ], ignore_index=True)
+    (board,) = build_boards(results, None, plots=False, queries=queries, studies=studies)
+    section = board.convergence
+    assert section is not None and section.studied == 2
+    assert section.curves["act"]["fixed"] == pytest.approx(FIXED_BEST)  # the own study, not the shifted one
+    assert "The studies of hm attacked another model of the same recipe and seed" in section.choice
+    assert "act" not in section.choice.split("The studies of")[1].split(" attacked")[0]
+    # Without digests on either side nothing is claimed.
+    (legacy,) = build_boards(results, None, plots=False, queries=queries,
+                             studies=study_rows(results, queries, "hm", 0))
+    assert "another model" not in legacy.convergence.choice
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def test_study_resumes_at_the_missing_attack_and_respects_the_lock(studied, monk
     from attacks import runner
 
     cell, _ = _cell_rows(results)
-    directory = study_dir(results, "digits", study_id(cell.standard_id, SPEC))  # keyed by the standard id
+    cell_rows = _cell_rows(results)[1]
+    # keyed by the standard id and the studied model's weights
+    directory = study_dir(results, "digits", study_id(cell.standard_id, SPEC, stored_weights(cell_rows)))
     calls = []
     original = runner.attack_queries
 
@@ -124,6 +126,56 @@ def test_rows_store_the_weights_and_a_different_model_is_named(studied, capsys):
     assert not check_weights(TrainedModel(retrained.model, retrained.history, loaded=False), cell_rows, "audit of nt")
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "audit of nt" in err and "retrained" in err and "another model" in err
+
+
+def test_a_study_is_keyed_by_its_models_weights_and_legacy_studies_are_attributed(studied, tmp_path, monkeypatch):
+    """One cell id can name models with other weights (CPUs of two vendors): each is its own study,
+    the rows say which model they attacked, and tools/backfill_study_weights.py gives a study stored
+    before that (no weights column, the key without weights) the digest of the stored cell whose
+    standard run it reproduces."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmark.study import LEGACY_COLUMNS, load_studies
+
+    results, rows = studied
+    cell, cell_rows = _cell_rows(results)
+    digest = stored_weights(cell_rows)
+    assert set(rows["weights"]) == {digest}
+    assert study_id(cell.standard_id, SPEC, digest) != study_id(cell.standard_id, SPEC, "0" * 64)
+    assert rows["study_id"].iloc[0] == study_id(cell.standard_id, SPEC, digest)
+
+    # A study stored the old way, in a copy of the store.
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("*.lock"))
+    new_dir = study_dir(copy, "digits", study_id(cell.standard_id, SPEC, digest))
+    legacy_dir = study_dir(copy, "digits", study_id(cell.standard_id, SPEC))
+    legacy_dir.mkdir(parents=True)
+    for path in new_dir.glob("*.parquet"):
+        frame = pd.read_parquet(path)
+        frame.assign(study_id=legacy_dir.name)[LEGACY_COLUMNS].to_parquet(legacy_dir / path.name)
+    shutil.rmtree(new_dir)
+    legacy = load_studies(copy, "digits")
+    assert len(legacy) == len(rows) and legacy["weights"].isna().all()  # still read, weights unknown
+    tool = Path(__file__).resolve().parents[1] / "tools" / "backfill_study_weights.py"
+    done = subprocess.run([sys.executable, str(tool), "--results", str(copy)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"weights {digest[:12]}" in done.stdout
+    assert not legacy_dir.exists() and new_dir.is_dir()
+    backfilled = load_studies(copy, "digits")
+    key = ["attack", "run", "budget", "query", "metric"]
+    pd.testing.assert_frame_equal(backfilled.sort_values(key).reset_index(drop=True),
+                                  rows.sort_values(key).reset_index(drop=True))
+    # The study resumes from the attributed rows: nothing is recomputed.
+    from attacks import runner
+
+    calls = []
+    original = runner.attack_queries
+    monkeypatch.setattr(runner, "attack_queries", lambda *a, **k: calls.append(a[3].name) or original(*a, **k))
+    again = run_study(CONFIG, copy, SPEC, progress=False)
+    assert calls == [] and len(again) == len(rows)
 
 
 def test_cpu_thread_count_is_part_of_the_identity_and_is_used(monkeypatch):

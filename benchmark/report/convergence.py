@@ -45,9 +45,13 @@ class Convergence:
     settled: dict[str, int | None] = field(default_factory=dict)  # entry -> budget where ERS stops moving
 
 
-def board_studies(studies: pd.DataFrame | None, cells: pd.DataFrame, queries: pd.DataFrame | None) -> pd.DataFrame:
+def board_studies(studies: pd.DataFrame | None, cells: pd.DataFrame, queries: pd.DataFrame | None,
+                  weights: dict[str, str] | None = None) -> pd.DataFrame:
     """The rows of the studies that belong to a board's cells (``cells``: index cell_id, with entry
-    and seed), one study per cell (the one with the most runs and budgets)."""
+    and seed), one study per cell: the one of the cell's own model where ``weights`` (cell id ->
+    weights digest) and the study say so, else the one with the most runs and budgets. Column
+    ``same_model``: whether the study attacked the board cell's model (True / False; missing where
+    either digest is unknown)."""
     if studies is None or studies.empty:
         return pd.DataFrame()
     cell_ids = set(map(str, cells.index))
@@ -67,9 +71,12 @@ def board_studies(studies: pd.DataFrame | None, cells: pd.DataFrame, queries: pd
                 cell = candidate
         if cell is None:
             continue
-        size = (rows[["run", "budget"]].drop_duplicates().shape[0], len(rows), str(study_id))
+        studied = rows["weights"].dropna().unique() if "weights" in rows else []
+        mine = (weights or {}).get(cell)
+        same = pd.NA if mine is None or len(studied) != 1 else bool(studied[0] == mine)
+        size = (same is True, rows[["run", "budget"]].drop_duplicates().shape[0], len(rows), str(study_id))
         if cell not in chosen or size > chosen[cell][0]:
-            chosen[cell] = (size, rows.assign(board_cell=cell))
+            chosen[cell] = (size, rows.assign(board_cell=cell, same_model=same))
     if not chosen:
         return pd.DataFrame()
     return pd.concat([rows for _, rows in chosen.values()], ignore_index=True)
@@ -195,6 +202,12 @@ def convergence_section(study_rows: pd.DataFrame, entries: Sequence[str], *, sta
     else:
         parts.append(f"No candidate ensemble of these studies' runs comes within {CHOICE_LIMIT:g} ERS point of the "
                      "strongest measured for every studied cell: the studies need longer runs.")
+    other = sorted({str(r["entry"].iloc[0]) for r in per_cell.values()
+                    if "same_model" in r and not pd.isna(r["same_model"].iloc[0]) and not r["same_model"].iloc[0]})
+    if other:
+        parts.append(f"The studies of {', '.join(other)} attacked another model of the same recipe and seed than "
+                     "the board's cell (other weights, e.g. trained on a CPU of another vendor: README, The results "
+                     "store): they describe the entry's training, not the ranked weights.")
     if strong_meaning:
         parts.append(f"The board's Strong ERS uses {strong_meaning}.")
     if in_use:

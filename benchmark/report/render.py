@@ -95,6 +95,14 @@ def _strong_ids(rows: pd.DataFrame) -> list[str]:
     return sorted({str(v) for v in rows.get("strong_eval", pd.Series(dtype=str)).dropna() if str(v)})
 
 
+def _cell_weights(rows: pd.DataFrame) -> dict[str, str]:
+    """Cell id -> the weights digest its rows record (cells stored before digests were recorded: none)."""
+    from ..checkpoints import WEIGHTS_METRIC
+
+    found = rows[(rows["attack"] == "training") & (rows["metric"] == WEIGHTS_METRIC)]
+    return {str(c): str(m) for c, m in zip(found["cell_id"], found["meaning"])}
+
+
 def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *,
                  split_descriptions: Mapping[str, str] | None = None, plots: bool = True,
                  queries: pd.DataFrame | None = None, studies: pd.DataFrame | None = None,
@@ -135,7 +143,7 @@ def build_boards(results: pd.DataFrame, telemetry: pd.DataFrame | None = None, *
             dataset_studies = studies[studies["dataset"].astype(str) == key.dataset]
             steps = [int(s) for s in _unique(rows, "attack_steps")]
             board.convergence = convergence_section(
-                board_studies(dataset_studies, table, board_queries), [s.entry for s in summaries],
+                board_studies(dataset_studies, table, board_queries, _cell_weights(rows)), [s.entry for s in summaries],
                 standard_steps=steps[0] if len(steps) == 1 else 32, strong_ids=_strong_ids(rows),
                 strong_meaning=_strong_evaluation(rows),
                 slug=key.slug, colors={s.entry: i for i, s in enumerate(summaries)}, draw=plots)

@@ -327,12 +327,12 @@ def test_a_study_of_other_weights_is_named_and_the_cells_own_study_preferred():
     section = board.convergence
     assert section is not None and section.studied == 2
     assert section.curves["act"]["fixed"] == pytest.approx(FIXED_BEST)  # the own study, not the shifted one
-    assert "The studies of hm attacked another model of the same recipe and seed" in section.choice
+    assert "The studies of hm attacked a model of the same recipe and seed other than the board" in section.choice
     assert "act" not in section.choice.split("The studies of")[1].split(" attacked")[0]
     # Without digests on either side nothing is claimed.
     (legacy,) = build_boards(results, None, plots=False, queries=queries,
                              studies=study_rows(results, queries, "hm", 0))
-    assert "another model" not in legacy.convergence.choice
+    assert "other than the board" not in legacy.convergence.choice
 
 
 # --------------------------------------------------------------------------------------------------

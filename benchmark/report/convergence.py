@@ -205,7 +205,7 @@ def convergence_section(study_rows: pd.DataFrame, entries: Sequence[str], *, sta
     other = sorted({str(r["entry"].iloc[0]) for r in per_cell.values()
                     if "same_model" in r and not pd.isna(r["same_model"].iloc[0]) and not r["same_model"].iloc[0]})
     if other:
-        parts.append(f"The studies of {', '.join(other)} attacked another model of the same recipe and seed than "
+        parts.append(f"The studies of {', '.join(other)} attacked a model of the same recipe and seed other than "
                      "the board's cell (other weights, e.g. trained on a CPU of another vendor: README, The results "
                      "store): they describe the entry's training, not the ranked weights.")
     if strong_meaning:
